@@ -1,0 +1,16 @@
+"""ase-adapt: distribution-shift-aware machine-learning force fields for ASE."""
+
+from .calculator import MLFFCalculator
+from .checkpoint import load_model, save_model
+from .errors import CalculationFailed, CheckpointError, InvalidStructureError, UnknownElementError
+from .graph import AtomicGraph, build_graph
+from .models import MLFF, ModelConfig, build_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLFF", "ModelConfig", "build_model", "load_model", "save_model",
+    "AtomicGraph", "build_graph", "MLFFCalculator",
+    "CalculationFailed", "CheckpointError", "InvalidStructureError", "UnknownElementError",
+    "__version__",
+]

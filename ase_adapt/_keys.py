@@ -1,0 +1,28 @@
+"""Key constants for results, graph fields and the checkpoint format.
+
+They become part of the saved format and of the public results dictionary, so they are spelled
+once, here.
+"""
+
+from __future__ import annotations
+
+# model outputs
+ENERGY = "energy"
+NODE_ENERGY = "node_energy"
+FORCES = "forces"
+STRESS = "stress"
+
+# heads
+MAIN_HEAD = "main"
+PRIOR_HEAD = "prior"
+
+# checkpoint format
+FORMAT_NAME = "ase-adapt"
+FORMAT_VERSION = 1
+META_FORMAT = "format"
+META_VERSION = "format_version"
+META_CONFIG = "config"
+META_HEADS = "heads"
+META_STATS = "training_stats"
+STATE_PREFIX = "model."
+STATS_PREFIX = "stats."

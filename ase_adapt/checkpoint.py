@@ -1,0 +1,167 @@
+"""Safe model checkpoints.
+
+Format (``.safetensors``, the default): one safetensors file. Tensors are the model state dict
+(prefix ``model.``) and array-valued training statistics (prefix ``stats.``); the header metadata
+holds JSON: the format name and version, the architecture config, the heads with their E0s and
+the scalar training statistics. Nothing is ever unpickled.
+
+A ``.pt`` file is also accepted: a plain dict ``{"metadata": {str: str}, "tensors": {str:
+Tensor}}`` written with ``torch.save`` and read with ``torch.load(weights_only=True)``, which
+refuses any pickled object beyond tensors and plain containers.
+
+Writes go to a temporary file in the target directory and are renamed into place, so a crash
+never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import _keys as K
+from .errors import CheckpointError
+from .models.build import ModelConfig, build_model, new_head
+from .models.mlff import MLFF
+
+BUILTIN_MODELS: dict[str, Path] = {}  # name -> packaged checkpoint (the default model arrives later)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _split_stats(stats: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Training statistics -> (JSON-able scalars, array tensors)."""
+    scalars, arrays = {}, {}
+    for key, value in (stats or {}).items():
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            arrays[K.STATS_PREFIX + key] = torch.as_tensor(np.asarray(value)).contiguous()
+        else:
+            scalars[key] = value
+    return scalars, arrays
+
+
+def checkpoint_payload(model: MLFF) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The (metadata, tensors) pair that describes ``model`` completely."""
+    scalars, arrays = _split_stats(getattr(model, "training_stats", None))
+    heads = {n: {"e0": list(h.e0)} for n, h in model.heads.items()}
+    config = dict(model.config)
+    config["heads"] = list(model.heads.keys())
+    metadata = {
+        K.META_FORMAT: K.FORMAT_NAME,
+        K.META_VERSION: str(K.FORMAT_VERSION),
+        K.META_CONFIG: json.dumps(config),
+        K.META_HEADS: json.dumps(heads),
+        K.META_STATS: json.dumps(scalars),
+    }
+    tensors = {K.STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(arrays)
+    return metadata, tensors
+
+
+def save_model(model: MLFF, path: str | Path) -> Path:
+    """Save ``model`` (weights, config, E0s, training statistics) atomically to ``path``."""
+    metadata, tensors = checkpoint_payload(model)
+    path = Path(path)
+    if path.suffix == ".pt":
+        return atomic_write(path, lambda p: torch.save({"metadata": metadata, "tensors": tensors}, p))
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if path.suffix == ".pt":
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError on a corrupt zip...
+            raise CheckpointError(f"{path}: not a safe ase-adapt checkpoint ({type(exc).__name__}: {exc})") from None
+        if not (isinstance(blob, dict) and isinstance(blob.get("metadata"), dict) and isinstance(blob.get("tensors"), dict)):
+            raise CheckpointError(f"{path}: a torch file, but not an ase-adapt checkpoint")
+        return blob["metadata"], blob["tensors"]
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return metadata, load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    if isinstance(path_or_name, str) and path_or_name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[path_or_name]
+    path = Path(path_or_name)
+    if not path.is_file():
+        names = ", ".join(sorted(BUILTIN_MODELS)) or "none yet"
+        raise CheckpointError(f"no checkpoint file {str(path)!r} (built-in models: {names})")
+    return path
+
+
+def load_model(
+    path_or_name: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> MLFF:
+    """Load a checkpoint (file path or built-in name) onto ``device``, optionally casting ``dtype``.
+
+    Loading is strict: missing or unexpected weights raise :class:`CheckpointError`; a newer
+    format version warns. The model's training statistics are in ``model.training_stats``.
+    """
+    path = _resolve(path_or_name)
+    metadata, tensors = _read(path)
+    if metadata.get(K.META_FORMAT) != K.FORMAT_NAME:
+        raise CheckpointError(f"{path}: not an ase-adapt checkpoint (no '{K.META_FORMAT}: {K.FORMAT_NAME}' header)")
+    try:
+        version = int(metadata[K.META_VERSION])
+        config = ModelConfig.from_dict(json.loads(metadata[K.META_CONFIG]))
+        heads = json.loads(metadata[K.META_HEADS])
+        stats = json.loads(metadata.get(K.META_STATS, "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint header ({exc})") from None
+    if version > K.FORMAT_VERSION:
+        warnings.warn(
+            f"{path} has format version {version}, newer than this ase-adapt ({K.FORMAT_VERSION}); "
+            "upgrade ase-adapt if loading fails or results look wrong",
+            stacklevel=2,
+        )
+    base_heads = tuple(h for h in config.heads if h in (K.MAIN_HEAD, K.PRIOR_HEAD))
+    model = build_model(config, heads=base_heads or (config.heads[0],))
+    for name in heads:
+        if name not in model.heads:
+            new_head(model, name)
+    state = {k[len(K.STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(K.STATE_PREFIX)}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture in its config "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    for name, info in heads.items():
+        model.heads[name].set_e0(info["e0"])
+    for k, v in tensors.items():
+        if k.startswith(K.STATS_PREFIX):
+            stats[k[len(K.STATS_PREFIX):]] = v.numpy()
+    model.training_stats = stats or None
+    if dtype is not None:
+        model = model.to(dtype if isinstance(dtype, torch.dtype) else ModelConfig(dtype=dtype).torch_dtype)
+    return model.to(device)

@@ -1,0 +1,93 @@
+"""Element bookkeeping: the model's species table and the unknown-element policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from .errors import UnknownElementError
+
+UnknownPolicy = Literal["error", "nearest"]
+
+
+def _period_group(z: int) -> tuple[int, int]:
+    """(period, group) of element ``z``; lanthanides/actinides are placed in group 3."""
+    edges = [0, 2, 10, 18, 36, 54, 86, 118]
+    period = next(p for p in range(1, 8) if z <= edges[p])
+    pos = z - edges[period - 1]  # 1-based position inside the period
+    if period == 1:
+        return 1, 1 if z == 1 else 18
+    if period <= 3:
+        return period, pos if pos <= 2 else pos + 10
+    if period <= 5:
+        return period, pos
+    # periods 6 and 7 hold 14 f-block elements after group 2
+    if pos <= 2:
+        return period, pos
+    if pos <= 17:
+        return period, 3
+    return period, pos - 14
+
+
+def nearest_known_element(z: int, known: Iterable[int]) -> int:
+    """The known element chemically closest to ``z``: same group first, then nearest period.
+
+    This is the "nearest element" mapping of the unknown-element policy; Si maps to C, S to O,
+    Cl to F when those are known.
+    """
+    known = sorted(set(int(k) for k in known))
+    if not known:
+        raise ValueError("no known elements to map to")
+    p0, g0 = _period_group(z)
+
+    def distance(k: int) -> tuple[int, int, int]:
+        p, g = _period_group(k)
+        return (abs(g - g0), abs(p - p0), abs(k - z))
+
+    return min(known, key=distance)
+
+
+@dataclass(frozen=True)
+class SpeciesMapping:
+    """The result of checking a structure's elements against a model's elements."""
+
+    numbers: np.ndarray  # atomic numbers actually fed to the model
+    mapped: dict[int, int] = field(default_factory=dict)  # unknown Z -> known Z substitution
+
+    @property
+    def report(self) -> dict[str, str]:
+        return {chemical_symbols[a]: chemical_symbols[b] for a, b in self.mapped.items()}
+
+
+def check_elements(
+    numbers: np.ndarray, known: Iterable[int], policy: UnknownPolicy = "error"
+) -> SpeciesMapping:
+    """Check ``numbers`` against ``known`` and apply the unknown-element ``policy``.
+
+    ``"error"`` raises :class:`UnknownElementError` naming the elements; ``"nearest"`` maps each
+    unknown element to :func:`nearest_known_element` and records the mapping. Never silent.
+    """
+    numbers = np.asarray(numbers, dtype=np.int64)
+    known_set = set(int(k) for k in known)
+    unknown = sorted(set(numbers.tolist()) - known_set)
+    if not unknown:
+        return SpeciesMapping(numbers=numbers)
+    names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
+    if policy == "error":
+        known_names = ", ".join(chemical_symbols[z] for z in sorted(known_set))
+        raise UnknownElementError(
+            f"element(s) {names} not in the model's training elements ({known_names}); "
+            "pass unknown_elements='nearest' to map them to the closest known element"
+        )
+    if policy != "nearest":
+        raise ValueError(f"unknown_elements must be 'error' or 'nearest', got {policy!r}")
+    if any(z < 1 or z > 118 for z in unknown):
+        raise UnknownElementError(f"invalid atomic number(s): {names}")
+    mapped = {z: nearest_known_element(z, known_set) for z in unknown}
+    out = numbers.copy()
+    for a, b in mapped.items():
+        out[numbers == a] = b
+    return SpeciesMapping(numbers=out, mapped=mapped)

@@ -1,0 +1,29 @@
+"""Exceptions raised by ase-adapt.
+
+Every failure that a user can provoke with bad input maps to one of these, with a message that
+names the offending structure, key or file.
+"""
+
+from __future__ import annotations
+
+from ase.calculators.calculator import CalculationFailed as _AseCalculationFailed
+
+
+class CalculationFailed(_AseCalculationFailed):
+    """A calculation could not produce trustworthy results (NaN, overlapping atoms, OOM...).
+
+    Subclasses ASE's own ``CalculationFailed`` so that code catching the ASE exception keeps
+    working.
+    """
+
+
+class UnknownElementError(ValueError):
+    """The structure holds an element the model was never trained on."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, unsafe or belongs to another model."""
+
+
+class InvalidStructureError(ValueError):
+    """A structure cannot be turned into a graph: non-finite positions, a degenerate cell..."""

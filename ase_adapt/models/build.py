@@ -1,0 +1,144 @@
+"""Model hyperparameters (a frozen dataclass) and :func:`build_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import yaml
+from ase.data import atomic_numbers
+from e3nn import o3
+
+from .. import _keys as K
+from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding
+from .mlff import MLFF
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def _as_numbers(elements: Iterable[int | str]) -> tuple[int, ...]:
+    out = []
+    for e in elements:
+        if isinstance(e, str):
+            if e not in atomic_numbers:
+                raise ValueError(f"unknown element symbol {e!r}")
+            e = atomic_numbers[e]
+        out.append(int(e))
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the MLFF. Everything needed to rebuild it from a checkpoint."""
+
+    elements: tuple[int, ...] = (1, 6, 7, 8)
+    cutoff: float = 5.0
+    channels: int = 32
+    l_max: int = 1
+    num_layers: int = 3
+    num_bessel: int = 8
+    envelope_p: int = 6
+    radial_hidden: int = 32
+    head_hidden: int = 16
+    avg_num_neighbors: float = 12.0
+    heads: tuple[str, ...] = (K.MAIN_HEAD, K.PRIOR_HEAD)
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "elements", _as_numbers(self.elements))
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if not self.elements:
+            raise ValueError("a model needs at least one element")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        for name in ("channels", "num_layers", "num_bessel", "radial_hidden", "head_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.l_max < 0 or self.cutoff <= 0 or self.avg_num_neighbors <= 0:
+            raise ValueError("l_max must be >= 0; cutoff and avg_num_neighbors > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["elements"] = list(self.elements)
+        d["heads"] = list(self.heads)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        if isinstance(d.get("dtype"), torch.dtype):
+            d = {**d, "dtype": str(d["dtype"]).replace("torch.", "")}
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path_or_preset: str | Path) -> "ModelConfig":
+        """Load from a YAML file, or a shipped preset name (e.g. ``"model-default"``)."""
+        p = Path(path_or_preset)
+        if not p.exists():
+            p = PRESETS / f"{path_or_preset}.yaml"
+            if not p.exists():
+                raise FileNotFoundError(f"no YAML file or preset named {path_or_preset!r}")
+        return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def hidden_irreps(self) -> o3.Irreps:
+        return o3.Irreps([(self.channels, (l, (-1) ** l)) for l in range(self.l_max + 1)])
+
+
+def build_model(config: ModelConfig | None = None, **overrides: Any) -> MLFF:
+    """Build an untrained MLFF with the default hyperparameters, or ``config`` with ``overrides``.
+
+    Example: ``build_model(elements=["H", "C", "O"], cutoff=4.5, channels=16, dtype="float64")``.
+    Initialisation is seeded by ``config.seed`` and leaves the global RNG untouched.
+    """
+    config = dataclasses.replace(config or ModelConfig(), **overrides)
+    n = len(config.elements)
+    irreps_sh = o3.Irreps.spherical_harmonics(config.l_max)
+    hidden = config.hidden_irreps()
+    scalars = o3.Irreps(f"{config.channels}x0e")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        embedding = SpeciesEmbedding(n, config.channels)
+        interactions = []
+        irreps_in = embedding.irreps_out
+        for layer in range(config.num_layers):
+            irreps_out = scalars if layer == config.num_layers - 1 else hidden
+            interactions.append(InteractionBlock(
+                irreps_in, irreps_sh, irreps_out, n, config.num_bessel,
+                config.radial_hidden, config.avg_num_neighbors,
+            ))
+            irreps_in = irreps_out
+        heads = {h: EnergyHead(scalars, n, config.head_hidden) for h in config.heads}
+        model = MLFF(
+            elements=config.elements,
+            cutoff=config.cutoff,
+            embedding=embedding,
+            radial=RadialEmbedding(config.cutoff, config.num_bessel, config.envelope_p),
+            spherical_harmonics=o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component"),
+            interactions=interactions,
+            heads=heads,
+            config=config.to_dict(),
+        )
+    return model.to(config.torch_dtype)
+
+
+def new_head(model: MLFF, name: str, hidden: int | None = None) -> EnergyHead:
+    """Create and attach a fresh head (same dtype/device as the model) named ``name``."""
+    hidden = hidden or int(model.config.get("head_hidden", 16))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(model.config.get("seed", 0)) + len(model.heads) + 1)
+        head = EnergyHead(model.irreps_features, len(model.elements), hidden)
+    head = head.to(device=model.device, dtype=model.dtype)
+    model.add_head(name, head)
+    return head

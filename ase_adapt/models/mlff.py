@@ -1,0 +1,248 @@
+"""The TTT-ready MLFF: an equivariant representation g_R shared by named energy heads.
+
+``forward(graph, head)`` returns per-atom and total energies, forces (-dE/dr by autograd) and, for
+3D-periodic cells, the stress (dE/d(strain) / V). Several heads can be evaluated from one
+representation pass. ``parameters_before(k)`` hands test-time training the representation
+parameters that come before interaction block ``k``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from .. import _keys as K
+from ..errors import UnknownElementError
+from ..graph import AtomicGraph
+from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding, scatter_sum
+
+
+class MLFF(nn.Module):
+    """Representation (embedding + interaction blocks) plus named energy heads.
+
+    Blocks are passed in already built (explicit composition); compatibility of their irreps is
+    asserted here. Use :func:`ase_adapt.build_model` to build one from hyperparameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        elements: Sequence[int],
+        cutoff: float,
+        embedding: SpeciesEmbedding,
+        radial: RadialEmbedding,
+        spherical_harmonics: o3.SphericalHarmonics,
+        interactions: Sequence[InteractionBlock],
+        heads: Mapping[str, EnergyHead],
+        config: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.elements = tuple(int(z) for z in elements)
+        if len(set(self.elements)) != len(self.elements):
+            raise ValueError(f"duplicate elements in {self.elements}")
+        self.cutoff = float(cutoff)
+        self.config = dict(config or {})
+        z_to_index = torch.full((119,), -1, dtype=torch.int64)
+        z_to_index[list(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+
+        if embedding.irreps_in.dim != len(self.elements):
+            raise ValueError("embedding input size must equal the number of elements")
+        if not interactions:
+            raise ValueError("the model needs at least one interaction block")
+        irreps = embedding.irreps_out
+        for k, block in enumerate(interactions):
+            if block.irreps_in != irreps:
+                raise ValueError(f"interaction {k} expects {block.irreps_in}, receives {irreps}")
+            if block.irreps_sh != spherical_harmonics.irreps_out:
+                raise ValueError(f"interaction {k} expects sh {block.irreps_sh}")
+            irreps = block.irreps_out
+        self.irreps_features = irreps
+        self.embedding = embedding
+        self.radial = radial
+        self.spherical_harmonics = spherical_harmonics
+        self.interactions = nn.ModuleList(interactions)
+        self.heads = nn.ModuleDict()
+        for name, head in heads.items():
+            self.add_head(name, head)
+
+    # ------------------------------------------------------------------ structure
+    def add_head(self, name: str, head: EnergyHead) -> None:
+        """Attach a head (e.g. ``"prior:gfn-ff"`` or a replay head) reading the final features."""
+        if "." in name or not name:
+            raise ValueError(f"invalid head name {name!r}")
+        if head.irreps_in != self.irreps_features:
+            raise ValueError(f"head {name!r} expects {head.irreps_in}, features are {self.irreps_features}")
+        self.heads[name] = head
+
+    @property
+    def head_names(self) -> list[str]:
+        return list(self.heads.keys())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.radial.freqs.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.radial.freqs.device
+
+    def representation_blocks(self) -> list[tuple[str, nn.Module]]:
+        """Representation modules ordered by depth: embedding, interactions.0, interactions.1..."""
+        return [("embedding", self.embedding)] + [
+            (f"interactions.{k}", b) for k, b in enumerate(self.interactions)
+        ]
+
+    def parameters_before(self, block: int) -> list[nn.Parameter]:
+        """Representation parameters before interaction block ``block`` (0-based).
+
+        ``parameters_before(1)``, the TTT default, is the embedding plus the first interaction
+        block, i.e. everything before the second interaction block.
+        """
+        if not 0 <= block <= len(self.interactions):
+            raise ValueError(f"block must be in [0, {len(self.interactions)}], got {block}")
+        params = list(self.embedding.parameters())
+        for b in self.interactions[:block]:
+            params.extend(b.parameters())
+        return params
+
+    def representation_parameters(self) -> list[nn.Parameter]:
+        return self.parameters_before(len(self.interactions))
+
+    def weights_token(self) -> tuple:
+        """Changes whenever any weight, buffer, E0, dtype or device changes (cache key).
+
+        Uses each tensor's in-place version counter, so optimiser steps and ``load_state_dict``
+        are caught without the trainer having to notify anyone.
+        """
+        tensors = [*self.parameters(), *self.buffers()]
+        return (
+            tuple((id(t), t._version) for t in tensors),
+            tuple((n, tuple(h.e0)) for n, h in self.heads.items()),
+            self.dtype,
+            self.device,
+        )
+
+    # ------------------------------------------------------------------ compute
+    def species(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers -> species indices; raises on elements the model does not know."""
+        if numbers.numel() and (numbers.min() < 0 or numbers.max() > 118):
+            raise UnknownElementError(f"invalid atomic numbers in {numbers.unique().tolist()}")
+        species = self.z_to_index[numbers]
+        if numbers.numel() and bool((species < 0).any()):
+            bad = numbers[species < 0].unique().tolist()
+            raise UnknownElementError(f"elements {bad} are not among the model's elements {list(self.elements)}")
+        return species
+
+    def _node_attrs(self, species: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(species, len(self.elements)).to(self.dtype)
+
+    def _features(self, node_attrs: torch.Tensor, edge_sh, edge_radial, edge_index) -> torch.Tensor:
+        h = self.embedding(node_attrs)
+        for block in self.interactions:
+            h = block(h, node_attrs, edge_sh, edge_radial, edge_index)
+        return h
+
+    def isolated_features(self) -> torch.Tensor:
+        """Final features of each species as an isolated atom (no neighbours): [n_species, F]."""
+        n = len(self.elements)
+        attrs = torch.eye(n, dtype=self.dtype, device=self.device)
+        no_edges = torch.zeros((2, 0), dtype=torch.int64, device=self.device)
+        sh = attrs.new_zeros((0, self.spherical_harmonics.irreps_out.dim))
+        rad = attrs.new_zeros((0, self.radial.num_basis))
+        return self._features(attrs, sh, rad, no_edges)
+
+    def representation(self, graph: AtomicGraph, positions: torch.Tensor | None = None,
+                       cell: torch.Tensor | None = None) -> torch.Tensor:
+        """Final per-atom features g_R(graph) (optionally at displaced positions / strained cell)."""
+        vectors = graph.edge_vectors(positions, cell)
+        lengths = vectors.norm(dim=-1)
+        edge_sh = self.spherical_harmonics(vectors)
+        edge_radial = self.radial(lengths, graph.cutoff)
+        attrs = self._node_attrs(self.species(graph.numbers))
+        return self._features(attrs, edge_sh, edge_radial, graph.edge_index)
+
+    def forward(
+        self,
+        graph: AtomicGraph,
+        head: str | Sequence[str] = K.MAIN_HEAD,
+        *,
+        compute_forces: bool = True,
+        compute_stress: bool | None = None,
+        create_graph: bool = False,
+    ) -> dict:
+        """Evaluate one head (returns a result dict) or several (returns {head: result dict}).
+
+        Result keys: ``energy`` [B] and ``node_energy`` [N] (float64, E0 included), ``forces``
+        [N, 3] and, for 3D-periodic graphs, ``stress`` [B, 3, 3] (eV/Å³, ASE sign convention).
+        ``compute_stress=None`` means "when every structure is 3D-periodic". Pass
+        ``create_graph=True`` when a loss on forces will be differentiated (training, TTT).
+        """
+        names = [head] if isinstance(head, str) else list(head)
+        for n in names:
+            if n not in self.heads:
+                raise KeyError(f"model has no head {n!r}; heads: {self.head_names}")
+        if compute_stress is None:
+            compute_stress = compute_forces and graph.periodic_3d
+        if compute_stress and not graph.periodic_3d:
+            raise ValueError("stress is defined only for structures periodic in all 3 directions")
+        if graph.positions.dtype != self.dtype or graph.positions.device != self.device:
+            graph = graph.to(self.device, self.dtype)
+
+        with torch.enable_grad():
+            pos = graph.positions
+            cell = graph.cell
+            inputs = []
+            if compute_forces:
+                pos = pos.detach().requires_grad_(True)
+                inputs.append(pos)
+            if compute_stress:
+                strain = torch.zeros_like(cell, requires_grad=True)
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                pos = pos + torch.einsum("ni,nij->nj", pos, sym[graph.batch])
+                cell = cell + torch.bmm(cell, sym)
+                inputs.append(strain)
+            species = self.species(graph.numbers)
+            h = self.representation(graph, pos, cell)
+            h_iso = self.isolated_features()
+            results = {}
+            for k, name in enumerate(names):
+                hd = self.heads[name]
+                node_int = hd.interaction_energy(h, h_iso, species)
+                e_int = scatter_sum(node_int, graph.batch, graph.num_graphs)
+                node_e = node_int.to(torch.float64) + hd.e0_table(node_int.device)[species]
+                out = {
+                    K.NODE_ENERGY: node_e,
+                    K.ENERGY: scatter_sum(node_e, graph.batch, graph.num_graphs),
+                }
+                if inputs:
+                    last = k == len(names) - 1
+                    grads = torch.autograd.grad(
+                        e_int.sum(), inputs, create_graph=create_graph,
+                        retain_graph=create_graph or not last,
+                    )
+                    if compute_forces:
+                        out[K.FORCES] = -grads[0]
+                    if compute_stress:
+                        volume = torch.linalg.det(graph.cell).abs()
+                        out[K.STRESS] = grads[-1] / volume[:, None, None]
+                results[name] = out
+        return results[names[0]] if isinstance(head, str) else results
+
+    def named_parameter_groups(self) -> Iterator[tuple[str, list[nn.Parameter]]]:
+        """(group, parameters) for the representation blocks and each head, in depth order."""
+        for name, module in self.representation_blocks():
+            yield name, list(module.parameters())
+        for name, h in self.heads.items():
+            yield f"heads.{name}", list(h.parameters())
+
+    training_stats: dict | None = None
+
+    def save(self, path) -> "Path":  # noqa: F821
+        """Save weights, config, E0s and training statistics atomically (see :mod:`ase_adapt.checkpoint`)."""
+        from ..checkpoint import save_model
+
+        return save_model(self, path)
