@@ -16,11 +16,9 @@ never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,26 +26,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import _keys as K
+from ._io import atomic_write
 from .errors import CheckpointError
 from .models.build import ModelConfig, build_model, new_head
 from .models.mlff import MLFF
 
 BUILTIN_MODELS: dict[str, Path] = {}  # name -> packaged checkpoint (the default model arrives later)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _split_stats(stats: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

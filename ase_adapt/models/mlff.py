@@ -155,6 +155,15 @@ class MLFF(nn.Module):
         rad = attrs.new_zeros((0, self.radial.num_basis))
         return self._features(attrs, sh, rad, no_edges)
 
+    def interacting_atoms(self, graph: AtomicGraph) -> torch.Tensor:
+        """[N] bool: atoms with at least one neighbour strictly inside the cutoff."""
+        rc = min(graph.cutoff, self.radial.cutoff)
+        with torch.no_grad():
+            inside = graph.edge_vectors().norm(dim=-1) < rc
+        flags = torch.zeros(graph.num_nodes, dtype=torch.bool, device=graph.positions.device)
+        flags[graph.edge_index[0][inside]] = True
+        return flags
+
     def representation(self, graph: AtomicGraph, positions: torch.Tensor | None = None,
                        cell: torch.Tensor | None = None) -> torch.Tensor:
         """Final per-atom features g_R(graph) (optionally at displaced positions / strained cell)."""
@@ -208,10 +217,15 @@ class MLFF(nn.Module):
             species = self.species(graph.numbers)
             h = self.representation(graph, pos, cell)
             h_iso = self.isolated_features()
+            # MLP(h) - MLP(h_iso) of an atom without neighbours is zero only up to rounding
+            # (matmul kernels depend on the batch size), so it is masked: an isolated atom
+            # returns exactly its E0.
+            interacting = self.interacting_atoms(graph)
             results = {}
             for k, name in enumerate(names):
                 hd = self.heads[name]
                 node_int = hd.interaction_energy(h, h_iso, species)
+                node_int = torch.where(interacting, node_int, torch.zeros_like(node_int))
                 e_int = scatter_sum(node_int, graph.batch, graph.num_graphs)
                 node_e = node_int.to(torch.float64) + hd.e0_table(node_int.device)[species]
                 out = {
@@ -229,6 +243,8 @@ class MLFF(nn.Module):
                     if compute_stress:
                         volume = torch.linalg.det(graph.cell).abs()
                         out[K.STRESS] = grads[-1] / volume[:, None, None]
+                    if not create_graph:  # the autograd graph is freed: hand out plain tensors
+                        out = {key: v.detach() for key, v in out.items()}
                 results[name] = out
         return results[names[0]] if isinstance(head, str) else results
 

@@ -1,0 +1,1 @@
+"""The ``ase-adapt`` command line: one module per subcommand (``add_parser`` + ``run``)."""

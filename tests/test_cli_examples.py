@@ -1,0 +1,71 @@
+"""The CLI and the examples run as documented, and write only where they are told to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ase_adapt import build_model
+from ase_adapt.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_runs(script: str, tmp_path: Path) -> None:
+    proc = _run([sys.executable, str(ROOT / "examples" / script)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == [], "examples must not litter the working directory"
+
+
+def test_demo_writes_only_its_json_from_a_read_only_directory(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = tmp_path / "out" / "summary.json"
+    ro.chmod(0o555)
+    try:
+        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "3", "--json", str(out)], cwd=ro)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(ro.iterdir()) == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["summary.json"]
+    summary = json.loads(out.read_text())
+    assert summary["molecule"]["atoms"] == 9 and summary["crystal"]["atoms"] == 16
+    assert len(summary["crystal"]["stress_eV_per_A3"]) == 6
+    assert summary["md"]["steps"] == 3
+
+
+def test_info_describes_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = build_model(channels=4, num_layers=1, elements=["H", "O"])
+    model.heads["main"].set_e0([-13.6, -2041.8])
+    path = model.save(tmp_path / "m.safetensors")
+    assert main(["info", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["heads"]["main"] == {"H": -13.6, "O": -2041.8}
+    assert summary["config"]["channels"] == 4
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert main(["demo", "--molecule", "not-a-molecule", "--md-steps", "1"]) == 2
+
+
+def test_every_subcommand_has_complete_help() -> None:
+    from ase_adapt.cli.main import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
