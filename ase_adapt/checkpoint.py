@@ -51,6 +51,8 @@ def checkpoint_payload(model: MLFF) -> tuple[dict[str, str], dict[str, torch.Ten
     heads = {n: {"e0": list(h.e0)} for n, h in model.heads.items()}
     config = dict(model.config)
     config["heads"] = list(model.heads.keys())
+    # the dtype the weights have now (a float32-built model may have been cast to float64)
+    config["dtype"] = str(model.dtype).replace("torch.", "")
     metadata = {
         K.META_FORMAT: K.FORMAT_NAME,
         K.META_VERSION: str(K.FORMAT_VERSION),
@@ -133,15 +135,24 @@ def load_model(
     for name in heads:
         if name not in model.heads:
             new_head(model, name)
+    foreign = sorted(k for k in tensors if not k.startswith((K.STATE_PREFIX, K.STATS_PREFIX)))
+    if foreign:
+        raise CheckpointError(f"{path}: unexpected tensors {foreign[:5]} (neither weights nor statistics)")
     state = {k[len(K.STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(K.STATE_PREFIX)}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise CheckpointError(f"{path}: weights do not match the architecture in its config ({exc})") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: weights do not match the architecture in its config "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    for name, info in heads.items():
-        model.heads[name].set_e0(info["e0"])
+    try:
+        for name, info in heads.items():
+            model.heads[name].set_e0(info["e0"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed head E0s in the header ({exc})") from None
     for k, v in tensors.items():
         if k.startswith(K.STATS_PREFIX):
             stats[k[len(K.STATS_PREFIX):]] = v.numpy()
