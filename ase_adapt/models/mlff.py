@@ -163,15 +163,6 @@ class MLFF(nn.Module):
             h = block(h, node_attrs, edge_sh, edge_radial, edge_index)
         return h
 
-    def isolated_features(self) -> torch.Tensor:
-        """Final features of each species as an isolated atom (no neighbours): [n_species, F]."""
-        n = len(self.elements)
-        attrs = torch.eye(n, dtype=self.dtype, device=self.device)
-        no_edges = torch.zeros((2, 0), dtype=torch.int64, device=self.device)
-        sh = attrs.new_zeros((0, self.spherical_harmonics.irreps_out.dim))
-        rad = attrs.new_zeros((0, self.radial.num_basis))
-        return self._features(attrs, sh, rad, no_edges)
-
     def interacting_atoms(self, graph: AtomicGraph) -> torch.Tensor:
         """[N] bool: atoms that are the centre of at least one edge of the graph.
 
@@ -185,12 +176,23 @@ class MLFF(nn.Module):
     def representation(self, graph: AtomicGraph, positions: torch.Tensor | None = None,
                        cell: torch.Tensor | None = None) -> torch.Tensor:
         """Final per-atom features g_R(graph) (optionally at displaced positions / strained cell)."""
+        return self._representation(graph, self.species(graph.numbers), positions, cell)[0]
+
+    def _representation(self, graph: AtomicGraph, species: torch.Tensor, positions: torch.Tensor | None,
+                        cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features of the graph's atoms, features of each species as an isolated atom).
+
+        One virtual edgeless node per species is appended to the batch, so the isolated-atom
+        reference costs a few extra rows instead of a second pass through every block.
+        """
         vectors = graph.edge_vectors(positions, cell)
-        lengths = vectors.norm(dim=-1)
         edge_sh = self.spherical_harmonics(vectors)
-        edge_radial = self.radial(lengths, graph.cutoff)
-        attrs = self._node_attrs(self.species(graph.numbers))
-        return self._features(attrs, edge_sh, edge_radial, graph.edge_index)
+        edge_radial = self.radial(vectors.norm(dim=-1), graph.cutoff)
+        n_species = len(self.elements)
+        virtual = torch.arange(n_species, device=graph.numbers.device)
+        attrs = self._node_attrs(torch.cat([species, virtual]))
+        h = self._features(attrs, edge_sh, edge_radial, graph.edge_index)
+        return h[: graph.num_nodes], h[graph.num_nodes:]
 
     def forward(
         self,
@@ -235,8 +237,7 @@ class MLFF(nn.Module):
                 cell = cell + torch.bmm(cell, sym)
                 inputs.append(strain)
             species = self.species(graph.numbers)
-            h = self.representation(graph, pos, cell)
-            h_iso = self.isolated_features()
+            h, h_iso = self._representation(graph, species, pos, cell)
             # MLP(h) - MLP(h_iso) of an atom without neighbours is zero only up to rounding
             # (matmul kernels depend on the batch size), so it is masked: an isolated atom
             # returns exactly its E0.
