@@ -6,11 +6,28 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from .errors import UnknownElementError
 
 UnknownPolicy = Literal["error", "nearest"]
+
+
+def atomic_number(element: int | str) -> int:
+    """Atomic number of a symbol (``"C"``) or number (``6``); raises ValueError on anything else."""
+    if isinstance(element, str):
+        if element not in atomic_numbers or atomic_numbers[element] == 0:
+            raise ValueError(f"unknown element symbol {element!r}")
+        return atomic_numbers[element]
+    z = int(element)
+    if not 1 <= z < len(chemical_symbols):
+        raise ValueError(f"invalid atomic number {element!r}")
+    return z
+
+
+def as_atomic_numbers(elements: Iterable[int | str]) -> list[int]:
+    """Atomic numbers of ``elements`` (symbols or numbers), unique, sorted by Z."""
+    return sorted({atomic_number(e) for e in elements})
 
 
 def _period_group(z: int) -> tuple[int, int]:

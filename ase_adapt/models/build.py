@@ -9,26 +9,15 @@ from typing import Any, Iterable
 
 import torch
 import yaml
-from ase.data import atomic_numbers
 from e3nn import o3
 
 from .. import _keys as K
+from ..elements import as_atomic_numbers
 from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding
 from .mlff import MLFF
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
-
-
-def _as_numbers(elements: Iterable[int | str]) -> tuple[int, ...]:
-    out = []
-    for e in elements:
-        if isinstance(e, str):
-            if e not in atomic_numbers:
-                raise ValueError(f"unknown element symbol {e!r}")
-            e = atomic_numbers[e]
-        out.append(int(e))
-    return tuple(sorted(set(out)))
 
 
 @dataclass(frozen=True)
@@ -50,7 +39,7 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "elements", _as_numbers(self.elements))
+        object.__setattr__(self, "elements", tuple(as_atomic_numbers(self.elements)))
         object.__setattr__(self, "heads", tuple(self.heads))
         if not self.elements:
             raise ValueError("a model needs at least one element")

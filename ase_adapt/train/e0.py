@@ -31,6 +31,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from .. import _keys as K
 from .._io import write_json
+from ..elements import as_atomic_numbers, atomic_number
 from ..errors import UnknownElementError
 from ..graph import build_graph
 
@@ -47,22 +48,6 @@ class E0Warning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _to_number(element: int | str) -> int:
-    if isinstance(element, str):
-        if element not in atomic_numbers or atomic_numbers[element] == 0:
-            raise ValueError(f"unknown element symbol {element!r}")
-        return atomic_numbers[element]
-    z = int(element)
-    if not 1 <= z < len(chemical_symbols):
-        raise ValueError(f"invalid atomic number {element!r}")
-    return z
-
-
-def _numbers(elements: Iterable[int | str]) -> list[int]:
-    """Atomic numbers of ``elements`` (symbols or numbers), unique, sorted by Z."""
-    return sorted({_to_number(e) for e in elements})
-
-
 def _symbols(numbers: Iterable[int]) -> list[str]:
     return [chemical_symbols[z] for z in numbers]
 
@@ -146,8 +131,8 @@ def isolated_atom_e0(
     the atom at its centre. The calculator decides the spin state; ``spin_polarized_hint`` only
     sets initial magnetic moments ``{element: moment}`` for it to start from.
     """
-    hints = {_to_number(e): float(m) for e, m in (spin_polarized_hint or {}).items()}
-    numbers = _numbers(elements)
+    hints = {atomic_number(e): float(m) for e, m in (spin_polarized_hint or {}).items()}
+    numbers = as_atomic_numbers(elements)
     if not numbers:
         raise ValueError("no elements given")
     e0 = {}
@@ -191,8 +176,8 @@ def average_e0(
     frames = list(frames)
     if not frames:
         raise ValueError("cannot average E0s: no frames")
-    present = _numbers(z for a in frames for z in np.unique(a.numbers))
-    numbers = present if elements is None else _numbers(elements)
+    present = as_atomic_numbers(z for a in frames for z in np.unique(a.numbers))
+    numbers = present if elements is None else as_atomic_numbers(elements)
     absent = sorted(set(numbers) - set(present))
     if absent:
         raise ValueError(f"cannot average E0s: elements {_symbols(absent)} occur in none of the {len(frames)} frames")
@@ -254,7 +239,7 @@ def reestimate_e0(
     frames = list(frames)
     if not frames:
         raise ValueError("cannot re-estimate E0s: no frames")
-    present = _numbers(z for a in frames for z in np.unique(a.numbers))
+    present = as_atomic_numbers(z for a in frames for z in np.unique(a.numbers))
     unknown = sorted(set(present) - set(model.elements))
     if unknown:
         raise UnknownElementError(
@@ -283,7 +268,7 @@ def apply_e0(model: torch.nn.Module, e0: Mapping[int | str, float], head: str = 
     """
     if head not in model.heads:
         raise KeyError(f"model has no head {head!r}; heads: {list(model.heads)}")
-    values = {_to_number(k): float(v) for k, v in e0.items()}
+    values = {atomic_number(k): float(v) for k, v in e0.items()}
     missing = [z for z in model.elements if z not in values]
     if missing:
         raise ValueError(f"E0s for head {head!r} miss the model elements {_symbols(missing)}")
@@ -295,7 +280,7 @@ def apply_e0(model: torch.nn.Module, e0: Mapping[int | str, float], head: str = 
 
 def e0_to_json(e0: Mapping[int | str, float], path: str | Path) -> Path:
     """Write ``e0`` as JSON ``{symbol: E0 in eV}`` (ordered by Z), atomically."""
-    values = {_to_number(k): float(v) for k, v in e0.items()}
+    values = {atomic_number(k): float(v) for k, v in e0.items()}
     return write_json(path, {chemical_symbols[z]: values[z] for z in sorted(values)})
 
 
