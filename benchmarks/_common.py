@@ -16,7 +16,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -48,31 +47,14 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to ``path`` via a temp file in the same folder + rename.
+    """Write ``data`` as indented JSON to ``path`` atomically (``ase_adapt._io.atomic_write``).
 
     A crash while writing leaves any previous result untouched and no temp file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ase_adapt._io import atomic_write  # lazy: keeps torch out of the workers' start-up
+
     text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def format_value(value: Any, fmt: str = ".3g") -> str:
