@@ -95,17 +95,10 @@ class MLFFCalculator(Calculator):
             graph = build_graph(
                 atoms, cutoff or self.model.cutoff, dtype=self.model.dtype,
                 device=self.model.device, numbers=[self.species_mapping.numbers],
+                min_distance=self.min_distance,
             )
         except InvalidStructureError as exc:
             raise CalculationFailed(str(exc)) from None
-        if graph.num_edges:
-            d = graph.edge_vectors().norm(dim=-1)
-            k = int(torch.argmin(d))
-            if float(d[k]) < self.min_distance:
-                i, j = graph.edge_index[:, k].tolist()
-                raise CalculationFailed(
-                    f"atoms {i} and {j} are {float(d[k]):.3g} Å apart, below min_distance={self.min_distance} Å"
-                )
         return graph
 
     def evaluate(self, graph: AtomicGraph, head: str | None = None) -> dict[str, np.ndarray | float]:

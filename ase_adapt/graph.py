@@ -89,12 +89,12 @@ def _check_structure(atoms: Atoms, index: int) -> None:
             )
 
 
-def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full neighbour list of one structure: (i, j, integer shifts), every pair in both directions."""
+def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full neighbour list of one structure: (i, j, integer shifts, distances), both directions."""
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     cell = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
-    i, j, s = nl.compute(atoms.positions, cell, atoms.pbc, "ijS")
-    return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+    i, j, s, d = nl.compute(atoms.positions, cell, atoms.pbc, "ijSd")
+    return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), d
 
 
 def build_graph(
@@ -104,11 +104,13 @@ def build_graph(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     numbers: Sequence[np.ndarray] | None = None,
+    min_distance: float | None = None,
 ) -> AtomicGraph:
     """Build a batched radius graph of one structure or a list of them.
 
     ``numbers`` overrides the atomic numbers per structure (the unknown-element policy maps
-    elements without touching the user's Atoms).
+    elements without touching the user's Atoms). With ``min_distance``, two atoms (or periodic
+    images) closer than it raise :class:`InvalidStructureError` naming them.
     """
     frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
     if not frames:
@@ -121,7 +123,13 @@ def build_graph(
         if len(a) == 0:
             raise InvalidStructureError(f"structure {k} has no atoms")
         _check_structure(a, k)
-        i, j, s = neighbour_list(a, cutoff)
+        i, j, s, d = neighbour_list(a, cutoff)
+        if min_distance is not None and len(d) and d.min() < min_distance:
+            m = int(np.argmin(d))
+            raise InvalidStructureError(
+                f"structure {k}: atoms {i[m]} and {j[m]} are {d[m]:.3g} Å apart, "
+                f"below min_distance={min_distance} Å"
+            )
         pos.append(a.positions)
         nums.append(a.numbers if numbers is None else np.asarray(numbers[k]))
         cells.append(a.cell.array)

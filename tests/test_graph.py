@@ -206,3 +206,13 @@ def test_zero_structures_and_bad_cutoff():
         build_graph(_molecule(), 0.0)
     with pytest.raises(ValueError):
         build_graph(_molecule(), -1.0)
+
+
+def test_min_distance_guard_names_structure_and_atoms():
+    from ase import Atoms
+
+    ok = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    close = Atoms("H3", positions=[[0, 0, 0], [0, 0, 2.0], [0, 0, 2.05]])
+    build_graph([ok, ok], 4.0, min_distance=0.5)  # no error
+    with pytest.raises(InvalidStructureError, match=r"structure 1: atoms [12] and [12] are 0.05 Å apart"):
+        build_graph([ok, close], 4.0, min_distance=0.5)
