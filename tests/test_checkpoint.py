@@ -387,13 +387,13 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(model32, model64, tm
         written.append(target)
         raise exc
 
-    if suffix == ".pt":
-        monkeypatch.setattr(ckpt.torch, "save", failing_write)
-    else:
-        monkeypatch.setattr(ckpt, "save_file", failing_write)
-    with pytest.raises(type(exc)):
-        save_model(model32, path)
-    monkeypatch.undo()
+    def save_failing(target):
+        monkeypatch.setattr(*((ckpt.torch, "save") if suffix == ".pt" else (ckpt, "save_file")), failing_write)
+        with pytest.raises(type(exc)):
+            save_model(model32, target)
+        monkeypatch.undo()
+
+    save_failing(path)
     assert written, "the patched writer was not used"
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == listing
@@ -402,13 +402,7 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(model32, model64, tm
     fresh = tmp_path / "fresh" / f"new{suffix}"
     fresh.parent.mkdir()
     final[0] = fresh
-    if suffix == ".pt":
-        monkeypatch.setattr(ckpt.torch, "save", failing_write)
-    else:
-        monkeypatch.setattr(ckpt, "save_file", failing_write)
-    with pytest.raises(type(exc)):
-        save_model(model32, fresh)
-    monkeypatch.undo()
+    save_failing(fresh)
     assert list(fresh.parent.iterdir()) == []
 
 
