@@ -12,6 +12,16 @@ NODE_ENERGY = "node_energy"
 FORCES = "forces"
 STRESS = "stress"
 
+# dataset labels (atoms.info / atoms.arrays; ASE single-point results are read too)
+REF_ENERGY = "energy"
+REF_FORCES = "forces"
+REF_STRESS = "stress"
+PRIOR_ENERGY = "prior_energy"
+PRIOR_FORCES = "prior_forces"
+PRIOR_STRESS = "prior_stress"
+CONFIG_TYPE = "config_type"
+ISOLATED_ATOM = "IsolatedAtom"
+
 # heads
 MAIN_HEAD = "main"
 PRIOR_HEAD = "prior"

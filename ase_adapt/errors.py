@@ -27,3 +27,7 @@ class CheckpointError(RuntimeError):
 
 class InvalidStructureError(ValueError):
     """A structure cannot be turned into a graph: non-finite positions, a degenerate cell..."""
+
+
+class DataError(ValueError):
+    """A dataset file or frame is unusable: unreadable, truncated, or missing a required label."""
