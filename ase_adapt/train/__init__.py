@@ -4,9 +4,16 @@ from .e0 import (
     E0Warning, apply_e0, average_e0, e0_from_json, e0_to_json, head_e0, isolated_atom_e0, reestimate_e0,
 )
 from .lora import LoRALinear, LoRAScalarLinear, inject_lora, lora_parameters, merge_lora
+from .losses import LossKind, LossWeights
+from .trainer import OptimSettings, Scheduler, TrainResult
+from .modes import E0Source, LabelKeys, TrainMode, TrainSettings, train_model
+from .finetune import E0Update, FinetuneSettings, FreezeMode, ReplayLabels, Strategy, finetune_model, pseudolabel
 
 __all__ = [
     "E0Warning", "apply_e0", "average_e0", "e0_from_json", "e0_to_json", "head_e0",
     "isolated_atom_e0", "reestimate_e0",
     "LoRALinear", "LoRAScalarLinear", "inject_lora", "lora_parameters", "merge_lora",
+    "LossKind", "LossWeights", "OptimSettings", "Scheduler", "TrainResult",
+    "E0Source", "LabelKeys", "TrainMode", "TrainSettings", "train_model",
+    "E0Update", "FinetuneSettings", "FreezeMode", "ReplayLabels", "Strategy", "finetune_model", "pseudolabel",
 ]
