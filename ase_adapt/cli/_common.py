@@ -1,0 +1,57 @@
+"""Options shared by the training subcommands (``train``, ``finetune``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# long option -> OptimSettings field (None: same name with '-' -> '_')
+_OPTIM_OPTIONS: list[tuple[str, type, str]] = [
+    ("--epochs", int, "maximum epochs (per stage)"),
+    ("--batch-size", int, "frames per optimiser step"),
+    ("--lr", float, "AdamW learning rate"),
+    ("--weight-decay", float, "AdamW weight decay"),
+    ("--ema-decay", float, "EMA decay of the weights (0 disables the EMA)"),
+    ("--grad-clip", float, "gradient-norm clip (0 disables clipping)"),
+    ("--scheduler", str, "learning-rate schedule: plateau, cosine or none"),
+    ("--patience", int, "early stopping: epochs without validation improvement (0 disables)"),
+    ("--val-fraction", float, "fraction of the frames held out for validation (without --val)"),
+    ("--seed", int, "seed of the split and the shuffling"),
+    ("--loss", str, "loss shape: mse or huber"),
+    ("--energy-weight", float, "weight of the per-atom energy term"),
+    ("--forces-weight", float, "weight of the force term"),
+    ("--stress-weight", float, "weight of the stress term"),
+    ("--device", str, "torch device, e.g. cpu or cuda"),
+]
+_ZERO_MEANS_NONE = {"ema_decay", "grad_clip", "patience"}
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimisation (override the --config settings)")
+    choices = {"--scheduler": ["plateau", "cosine", "none"], "--loss": ["mse", "huber"]}
+    for flag, tp, help_ in _OPTIM_OPTIONS:
+        group.add_argument(flag, type=tp, default=None, help=help_, choices=choices.get(flag))
+
+
+def optim_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimisation options given on the command line, as an ``optim`` override dict."""
+    out: dict[str, Any] = {}
+    for flag, _, _ in _OPTIM_OPTIONS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = None if (name in _ZERO_MEANS_NONE and value == 0) else value
+    if getattr(args, "quiet", False):
+        out["progress"] = False
+    return out
+
+
+def summarize(history: list[dict]) -> str:
+    """The last epoch's validation (or training) figures, one line."""
+    if not history:
+        return "no epochs run"
+    last = history[-1]
+    keys = [k for k in last if k.startswith("val_") and k.endswith("_mev")]
+    parts = [f"{k[4:-4].replace('_', ' ')} {last[k]:.1f}" for k in keys]
+    return f"{len(history)} epochs; last epoch: " + (", ".join(parts) + " (meV, meV/Å)" if parts else
+                                                    f"train loss {last['train_loss']:.4g}")
