@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, info
+from . import demo, info, label
 
-COMMANDS = {"demo": demo, "info": info}
+COMMANDS = {"demo": demo, "info": info, "label": label}
 
 
 def build_parser() -> argparse.ArgumentParser:
