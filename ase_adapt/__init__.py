@@ -2,7 +2,7 @@
 
 from .calculator import MLFFCalculator
 from .checkpoint import load_model, save_model
-from .errors import CalculationFailed, CheckpointError, DataError, InvalidStructureError, UnknownElementError
+from .errors import CalculationFailed, CheckpointError, DataError, InvalidStructureError, PriorError, UnknownElementError
 from .graph import AtomicGraph, build_graph
 from .models import MLFF, ModelConfig, build_model
 
@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MLFF", "ModelConfig", "build_model", "load_model", "save_model",
     "AtomicGraph", "build_graph", "MLFFCalculator",
-    "CalculationFailed", "CheckpointError", "DataError", "InvalidStructureError", "UnknownElementError",
+    "CalculationFailed", "CheckpointError", "DataError", "InvalidStructureError", "PriorError", "UnknownElementError",
     "__version__",
 ]

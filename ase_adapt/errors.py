@@ -31,3 +31,11 @@ class InvalidStructureError(ValueError):
 
 class DataError(ValueError):
     """A dataset file or frame is unusable: unreadable, truncated, or missing a required label."""
+
+
+class PriorError(RuntimeError):
+    """A prior calculator failed on a structure (SCF not converged, unsupported element, NaN...).
+
+    Test-time training catches it, skips adaptation with an event, and never uses the failed
+    labels as targets.
+    """
