@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, e0, info, label
+from . import demo, e0, info, label, stats
 
-COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label}
+COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "stats": stats}
 
 
 def build_parser() -> argparse.ArgumentParser:
