@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, e0, info, label, stats
+from . import demo, e0, finetune, info, label, stats, train
 
-COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "stats": stats}
+COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "train": train, "finetune": finetune,
+            "stats": stats}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = COMMANDS[args.command]
     try:
         module.run(module.settings_from_args(args))
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"ase-adapt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -98,9 +98,9 @@ def _stress_key(energy_key: str) -> str:
 # --- computing ------------------------------------------------------------------------------------
 
 def _label_set(frames: list[Atoms], index: list[int], energy_key: str | None, forces_key: str | None,
-               stress: bool) -> list[dict[str, Any]]:
+               stress: bool, required: bool = True) -> list[dict[str, Any]]:
     stress_key = _stress_key(energy_key) if (stress and energy_key) else None
-    return [frame_labels(a, i, energy_key, forces_key, stress_key) for a, i in zip(frames, index)]
+    return [frame_labels(a, i, energy_key, forces_key, stress_key, required=required) for a, i in zip(frames, index)]
 
 
 def _pooled_losses(model, frames: list[Atoms], labels: dict[str, list[dict[str, Any]]], weights: LossWeights,
@@ -158,8 +158,8 @@ def compute_training_stats(
 ) -> dict[str, Any]:
     """Training statistics of ``model`` on ``frames`` (isolated-atom frames skipped); see the module doc.
 
-    Reference labels (``energy_key``, ``forces_key``; ``None`` skips one) are required in every
-    frame. Prior labels: head ``"prior"`` reads ``prior_energy_key``/``prior_forces_key``, other
+    Reference labels (``energy_key``, ``forces_key``; ``None`` skips one) are used where present
+    (prior-only frames of joint training have none). Prior labels: head ``"prior"`` reads ``prior_energy_key``/``prior_forces_key``, other
     prior heads :func:`prior_label_keys`. A head listed in ``prior_heads`` must have its labels
     in every frame; with the default (every prior head of the model) a head whose labels no frame
     carries is skipped with a note. Missing labels raise :class:`~ase_adapt.errors.DataError`.
@@ -197,12 +197,14 @@ def compute_training_stats(
         label_keys[h] = [ek, fk]
 
     main_loss_wanted = K.MAIN_HEAD in model.heads and bool(energy_key or forces_key)
-    ref = _label_set(data, index, energy_key, forces_key, stress) if (energy_key or forces_key) else None
+    # reference labels may be missing on prior-only frames (joint training): those frames are left out
+    ref = _label_set(data, index, energy_key, forces_key, stress, required=False) if (energy_key or forces_key) else None
     if main_loss_wanted:
         labels[K.MAIN_HEAD] = ref
         label_keys[K.MAIN_HEAD] = [energy_key, forces_key]
 
-    force_norm_ref = distribution([mean_force_norm(lab[K.REF_FORCES]) for lab in ref]) if (ref and forces_key) else None
+    ref_norms = [mean_force_norm(lab[K.REF_FORCES]) for lab in ref or [] if lab[K.REF_FORCES] is not None]
+    force_norm_ref = distribution(ref_norms) if ref_norms else None
     force_norm_priors = {h: distribution([mean_force_norm(lab[K.REF_FORCES]) for lab in labels[h]])
                          for h in labels if h != K.MAIN_HEAD and labels[h][0][K.REF_FORCES] is not None}
     if K.PRIOR_HEAD in force_norm_priors:  # read with prior_forces_key already

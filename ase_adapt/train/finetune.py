@@ -226,4 +226,4 @@ def finetune_model(
         merge_lora(result.model)
     info = {"finetune": s.strategy.value, "epochs_run": len(result.history), "n_train": len(train),
             "n_replay": len(replay_train), "n_val": len(val), "stopped_early": result.stopped_early}
-    return finalize(result, train, s.compute_stats, info)
+    return finalize(result, train, s.compute_stats, info, s.reference, s.prior, w)

@@ -155,20 +155,26 @@ def data_fingerprint(frames: Sequence[Atoms]) -> str:
 
 
 def finalize(result: TrainResult, frames: Sequence[Atoms], compute_stats: bool, info: dict,
-             save: Callable | None = None) -> TrainResult:
-    """Attach training statistics and provenance to the best model and rewrite its checkpoints."""
+             reference: LabelKeys, prior: LabelKeys, weights) -> TrainResult:
+    """Attach training statistics and provenance to the best model and rewrite its checkpoint.
+
+    The statistics describe ``frames`` (the training split) under the loss ``weights``, which
+    test-time training reuses so that its stopping target compares like with like.
+    """
     from ..checkpoint import save_model
 
-    save = save or save_model
     model = result.model
     stats = dict(getattr(model, "training_stats", None) or {})
     if compute_stats:
         from ..shift.stats import compute_training_stats
 
-        stats.update(compute_training_stats(model, frames, progress=False))
+        stats.update(compute_training_stats(
+            model, frames, energy_key=reference.energy, forces_key=reference.forces,
+            prior_energy_key=prior.energy, prior_forces_key=prior.forces, loss_weights=weights, progress=False,
+        ))
     stats["training"] = info
     model.training_stats = stats
-    save(model, result.best_path)
+    save_model(model, result.best_path)
     return result
 
 
@@ -228,4 +234,4 @@ def train_model(
     result = Trainer(model, train_set, val_set, stages, o, out_dir, record=record, callbacks=callbacks).run(resume)
     info = {"mode": s.mode.value, "epochs_run": len(result.history), "n_train": len(train), "n_val": len(val),
             "stopped_early": result.stopped_early}
-    return finalize(result, train, s.compute_stats, info)
+    return finalize(result, train, s.compute_stats, info, s.reference, s.prior, w)
