@@ -1,5 +1,6 @@
 """ase-adapt: distribution-shift-aware machine-learning force fields for ASE."""
 
+from .adaptive import AdaptiveCalculator
 from .calculator import MLFFCalculator
 from .checkpoint import load_model, save_model
 from .errors import CalculationFailed, CheckpointError, DataError, InvalidStructureError, PriorError, UnknownElementError
@@ -10,7 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLFF", "ModelConfig", "build_model", "load_model", "save_model",
-    "AtomicGraph", "build_graph", "MLFFCalculator",
+    "AtomicGraph", "build_graph", "MLFFCalculator", "AdaptiveCalculator",
     "CalculationFailed", "CheckpointError", "DataError", "InvalidStructureError", "PriorError", "UnknownElementError",
     "__version__",
 ]

@@ -1,5 +1,5 @@
-"""Distribution-shift room: normalized-Laplacian spectra and training statistics, on which the
-shift detectors and radius refinement build (see docs/statistics.md)."""
+"""Distribution-shift room: normalized-Laplacian spectra, training statistics, the shift
+detectors and radius refinement (see docs/statistics.md and docs/adaptive.md)."""
 
 from .spectrum import (
     SpectrumMethod,
@@ -9,6 +9,8 @@ from .spectrum import (
     normalized_laplacian,
     spectral_distance,
 )
+from .detectors import DetectorResult, DetectorSettings, ShiftReport, detect_shift
+from .radius import RadiusResult, RadiusSettings, refine_radius
 from .stats import (
     MissingStatisticsError,
     TrainingStats,
@@ -22,4 +24,6 @@ __all__ = [
     "spectral_distance", "average_spectrum",
     "MissingStatisticsError", "TrainingStats", "attach_training_stats", "compute_training_stats",
     "prior_label_keys",
+    "DetectorSettings", "DetectorResult", "ShiftReport", "detect_shift",
+    "RadiusSettings", "RadiusResult", "refine_radius",
 ]

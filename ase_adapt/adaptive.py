@@ -1,0 +1,257 @@
+"""``AdaptiveCalculator``: detect distribution shift on structure changes, adapt, then predict.
+
+Thin orchestration (DESIGN.md §Architecture): it asks :mod:`ase_adapt.shift` whether the
+system is shifted, :mod:`ase_adapt.shift.radius` for a radius, :mod:`ase_adapt.ttt` to adapt,
+and the model to predict. The science lives in those rooms.
+
+When is a system checked? On the first call, when the atomic numbers change, when the bond
+topology (covalent bonds) has changed by more than ``topology_threshold`` since the last check,
+and optionally every ``every_n_steps`` calls. Ordinary MD steps only cost a bond comparison.
+Adapted weights are cached per system fingerprint (numbers + bond graph), so an MD run adapts
+once and a return to a known system is free; a new system always starts from the base weights.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import covalent_radii
+
+from . import _keys as K
+from .calculator import MLFFCalculator
+from .elements import UnknownPolicy, check_elements
+from .errors import PriorError
+from .graph import neighbour_list
+from .models.mlff import MLFF
+from .shift.detectors import DetectorSettings, ShiftReport, detect_shift
+from .shift.radius import RadiusSettings, refine_radius
+from .ttt import TTTResult, TTTSettings, label_samples, make_samples, prior_head_for, test_time_train
+
+__all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]
+
+
+class AdaptMode(str, enum.Enum):
+    SHIFTED = "shifted"  # radius refinement and TTT only when a detector fires
+    ALWAYS = "always"    # adapt every new system
+    NEVER = "never"      # detect and report only
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    topology_threshold: float = 0.1  # fraction of covalent bonds changed since the last check
+    bond_factor: float = 1.2         # a bond: distance < bond_factor * (r_cov,i + r_cov,j)
+    every_n_steps: int | None = None
+
+
+def _bonds(atoms: Atoms, factor: float) -> np.ndarray:
+    """Sorted unique covalent bonds (i < j) as a [M, 2] array (periodic images collapsed)."""
+    radii = covalent_radii[atoms.numbers]
+    i, j, _, d = neighbour_list(atoms, float(2 * radii.max() * factor) + 1e-6)
+    keep = (i < j) & (d < factor * (radii[i] + radii[j]))
+    pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0)
+    return pairs.reshape(-1, 2)
+
+
+class AdaptiveCalculator(MLFFCalculator):
+    """A drop-in ASE calculator that adapts a TTT-ready model to shifted systems before answering.
+
+    Parameters
+    ----------
+    model: an MLFF, checkpoint path or built-in name, with training statistics.
+    prior: a prior spec (``"gfn2-xtb"``, ``"gfn-ff"``, ``"sgdml:PATH"``, ``"lj"``, ``"emt"``) or
+        an ASE calculator; needed by the force-norm detector and by TTT.
+    detectors: :class:`DetectorSettings`, or False to skip detection (then ``adapt`` decides).
+    radius_refinement: :class:`RadiusSettings`, True for defaults, or False.
+    ttt: :class:`TTTSettings`, True for defaults, or False.
+    adapt: ``"shifted"`` (default), ``"always"`` or ``"never"``.
+    prior_head: the head matching ``prior`` (default ``prior:<kind>``; a mismatch is refused).
+    event_log: optional JSONL file; one line per check with what was detected and done.
+    """
+
+    def __init__(
+        self,
+        model: MLFF | str | Path,
+        prior: Any = None,
+        *,
+        head: str = K.MAIN_HEAD,
+        detectors: DetectorSettings | bool = True,
+        radius_refinement: RadiusSettings | bool = False,
+        ttt: TTTSettings | bool = True,
+        adapt: AdaptMode | str = AdaptMode.SHIFTED,
+        trigger: TriggerSettings | None = None,
+        prior_head: str | None = None,
+        unknown_elements: UnknownPolicy = "error",
+        event_log: str | Path | None = None,
+        cache_size: int = 16,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        min_distance: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, head=head, device=device, dtype=dtype, unknown_elements=unknown_elements,
+                         min_distance=min_distance, **kwargs)
+        if isinstance(prior, str):
+            from .priors import make_prior
+
+            prior = make_prior(prior)
+        self.prior = prior
+        self.detectors = DetectorSettings() if detectors is True else (detectors or None)
+        self.rr = RadiusSettings() if radius_refinement is True else (radius_refinement or None)
+        self.ttt = TTTSettings() if ttt is True else (ttt or None)
+        self.adapt = AdaptMode(adapt)
+        self.trigger = trigger or TriggerSettings()
+        self.stats = dict(self.model.training_stats or {})
+        if (self.detectors or self.rr) and "spectrum_mean" not in self.stats:
+            raise ValueError("the model has no training statistics, which shift detection and radius refinement "
+                             "need; compute them with `ase-adapt stats --model M --data TRAIN.xyz --out M2`")
+        if self.ttt is not None and self.adapt is not AdaptMode.NEVER:
+            if prior is None:
+                raise ValueError("test-time training needs a prior (prior='gfn-ff', 'sgdml:PATH', ...) or ttt=False")
+            self.prior_head = prior_head_for(self.model, prior, prior_head)
+        else:
+            self.prior_head = prior_head
+        self.event_log = Path(event_log) if event_log is not None else None
+        self.cache_size = int(cache_size)
+        self.events: list[dict[str, Any]] = []
+        self.shift_report: ShiftReport | None = None
+        self.ttt_result: TTTResult | None = None
+        self.radius: float | None = None
+        self._adapted = self.model.parameters_before(self.ttt.blocks if self.ttt else 1)
+        self._base = [p.detach().clone() for p in self._adapted]
+        self._cache: OrderedDict[str, tuple] = OrderedDict()
+        self._bonds_ref: np.ndarray | None = None
+        self._numbers_ref: np.ndarray | None = None
+        self._calls = 0
+        self._last_check = 0
+
+    # ------------------------------------------------------------------ triggers
+    def _needs_check(self, atoms: Atoms) -> bool:
+        if self._numbers_ref is None or not np.array_equal(atoms.numbers, self._numbers_ref):
+            return True
+        n = self.trigger.every_n_steps
+        if n and self._calls - self._last_check >= n:
+            return True
+        bonds = _bonds(atoms, self.trigger.bond_factor)
+        ref = self._bonds_ref
+        a = {tuple(b) for b in bonds.tolist()}
+        r = {tuple(b) for b in ref.tolist()}
+        changed = len(a ^ r) / max(len(r), 1)
+        return changed > self.trigger.topology_threshold
+
+    def fingerprint(self, atoms: Atoms, bonds: np.ndarray | None = None) -> str:
+        """Numbers + covalent bond graph: what identifies 'the same system' for the cache."""
+        bonds = _bonds(atoms, self.trigger.bond_factor) if bonds is None else bonds
+        h = hashlib.sha256(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(bonds, dtype=np.int64).tobytes())
+        h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ adaptation
+    def _set_weights(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, v in zip(self._adapted, values):
+                if not torch.equal(p, v):
+                    p.copy_(v)
+
+    def reset_adaptation(self) -> None:
+        """Back to the base weights and radius; forget every cached adaptation."""
+        self._set_weights(self._base)
+        self._cache.clear()
+        self.radius = None
+        self._numbers_ref = None
+        self.results = {}
+
+    def _log(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if self.event_log is not None:
+            self.event_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.event_log, "a") as fh:
+                fh.write(json.dumps(event, default=float) + "\n")
+
+    def check(self, atoms: Atoms) -> ShiftReport:
+        """Run detection (and adaptation, per ``adapt``) for ``atoms`` now; return the report."""
+        t0 = time.perf_counter()
+        bonds = _bonds(atoms, self.trigger.bond_factor)
+        self._bonds_ref, self._numbers_ref = bonds, atoms.numbers.copy()
+        self._last_check = self._calls
+        fp = self.fingerprint(atoms, bonds)
+        event: dict[str, Any] = {"call": self._calls, "fingerprint": fp, "formula": atoms.get_chemical_formula(),
+                                 "n_atoms": len(atoms)}
+        if fp in self._cache:
+            weights, self.radius, self.shift_report, self.ttt_result = self._cache[fp]
+            self._cache.move_to_end(fp)
+            self._set_weights(weights)
+            event.update(action="reused cached adaptation", shifted=self.shift_report.shifted,
+                         seconds=time.perf_counter() - t0)
+            self._log(event)
+            return self.shift_report
+        self._set_weights(self._base)
+        self.radius, self.ttt_result = None, None
+        mapping = check_elements(atoms.numbers, self.model.elements, self.unknown_elements)
+        prior_error = None
+        labels = None
+        if self.prior is not None and (self.ttt or (self.detectors and self.detectors.force_norm)):
+            try:  # the structure itself; rattled/MD samples only if TTT runs
+                labels = label_samples([atoms], self.prior)
+            except PriorError as exc:
+                prior_error = str(exc)
+        prior_forces = labels[0][K.REF_FORCES] if labels else None
+        if self.detectors:
+            report = detect_shift(atoms, self.stats, prior_forces=prior_forces, prior_head=self.prior_head,
+                                  cutoff=self.model.cutoff, settings=self.detectors)
+        else:
+            report = ShiftReport(n_atoms=len(atoms))
+        report.unknown_elements = mapping.report
+        do_adapt = self.adapt is AdaptMode.ALWAYS or (self.adapt is AdaptMode.SHIFTED and report.shifted)
+        actions = []
+        if do_adapt and self.rr:
+            rr = refine_radius(atoms, self.stats, self.rr, training_cutoff=self.model.cutoff)
+            self.radius = rr.radius if rr.radius < self.model.cutoff else None
+            report.radius, report.radius_detail = rr.radius, rr.to_dict()
+            actions.append(f"radius {rr.radius:.2f} Å")
+        if do_adapt and self.ttt and prior_error is None and labels is not None:
+            try:
+                samples = make_samples(atoms, self.ttt, self.prior)  # samples[0] is the structure itself
+                labels = labels + label_samples(samples[1:], self.prior)
+                model_samples = [Atoms(numbers=mapping.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
+                                 for a in samples]
+                self.ttt_result = test_time_train(self.model, atoms, self.prior, self.ttt, head=self.prior_head,
+                                                  cutoff=self.radius, samples=model_samples, labels=labels)
+                actions.append("TTT rolled back" if self.ttt_result.rolled_back else f"TTT {self.ttt_result.steps} steps")
+            except PriorError as exc:
+                prior_error = str(exc)
+        if prior_error is not None:
+            actions.append("TTT skipped: prior failed")
+            event["prior_error"] = prior_error
+        self.shift_report = report
+        self._cache[fp] = ([p.detach().clone() for p in self._adapted], self.radius, report, self.ttt_result)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        event.update(action=", ".join(actions) or "none", shifted=report.shifted, reasons=report.reasons,
+                     report=report.to_dict(), ttt=self.ttt_result.to_dict() if self.ttt_result else None,
+                     seconds=time.perf_counter() - t0)
+        self._log(event)
+        return report
+
+    # ------------------------------------------------------------------ ASE
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        Calculator.calculate(self, atoms, properties, system_changes)
+        if "stress" in properties and not self.atoms.pbc.all():
+            raise PropertyNotImplementedError("stress is only defined for cells periodic in all three directions")
+        self._calls += 1
+        if self._needs_check(self.atoms):
+            self.check(self.atoms)
+        token = self.model.weights_token()
+        self.results = self.evaluate(self.make_graph(self.atoms, cutoff=self.radius))
+        self._token = token

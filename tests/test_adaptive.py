@@ -1,0 +1,169 @@
+"""AdaptiveCalculator: checks on structure changes only, adapts once per system, never silent."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import molecule
+from ase.calculators.calculator import Calculator
+from ase.md.verlet import VelocityVerlet
+
+import ase_adapt
+from ase_adapt import AdaptiveCalculator, MLFFCalculator
+from ase_adapt.errors import UnknownElementError
+from ase_adapt.shift.detectors import DetectorSettings
+from ase_adapt.testing import toy_frames, toy_prior
+from ase_adapt.train import OptimSettings, TrainSettings, train_model
+from ase_adapt.ttt import TTTSettings
+
+FAST_TTT = TTTSettings(lr=1e-2, max_steps=30, stop_at_training_loss=False)
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory):
+    from conftest import tiny_model  # noqa: PLC0415
+
+    model = tiny_model(elements=("H", "C", "O"))
+    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=6, batch_size=8, progress=False))
+    train_model(model, toy_frames(24, seed=30), s, tmp_path_factory.mktemp("adaptive"))
+    return model
+
+
+def _calc(model, **kw) -> AdaptiveCalculator:
+    kw.setdefault("ttt", FAST_TTT)
+    return AdaptiveCalculator(copy.deepcopy(model), toy_prior(), prior_head="prior", **kw)
+
+
+def _far_from_training() -> Atoms:
+    return molecule("CH3CH2OH")  # bonded and denser than the toy clusters
+
+
+def test_shifted_system_is_adapted_and_reported(ready):
+    atoms = _far_from_training()
+    plain = atoms.copy()
+    plain.calc = MLFFCalculator(copy.deepcopy(ready))
+    calc = _calc(ready)
+    atoms.calc = calc
+    e = atoms.get_potential_energy()
+    report = calc.shift_report
+    assert report.shifted and "connectivity" in report.reasons
+    assert set(report.detectors) == {"elements", "force_norm", "connectivity"}
+    assert calc.ttt_result is not None and calc.ttt_result.steps > 0
+    assert calc.ttt_result.loss_after < calc.ttt_result.loss_before
+    assert e != pytest.approx(plain.get_potential_energy(), abs=1e-9)  # adapted weights answered
+    assert calc.events[-1]["shifted"] and "TTT" in calc.events[-1]["action"]
+
+
+def test_md_adapts_once_and_reuses_the_cache(ready):
+    atoms = _far_from_training()
+    calc = _calc(ready, trigger=None)
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, 0.1 * units.fs)
+    dyn.run(5)
+    assert len(calc.events) == 1  # bonds unchanged: no further checks
+    other = molecule("H2O")
+    other.calc = calc
+    other.get_potential_energy()
+    atoms.get_potential_energy()  # back to the first system: free
+    assert [e["action"] for e in calc.events][-1] == "reused cached adaptation"
+    assert len(calc.events) == 3
+
+
+def test_weight_update_resets_cached_results(ready):
+    atoms = _far_from_training()
+    calc = _calc(ready, adapt="never")
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    with torch.no_grad():
+        calc.model.parameters_before(1)[0].add_(0.05)
+    assert atoms.get_potential_energy() != e0
+
+
+def test_in_distribution_frames_are_left_alone(ready):
+    calc = _calc(ready, detectors=DetectorSettings(k_force=50, k_spectral=50))
+    frame = toy_frames(1, seed=30)[0]
+    frame.calc = calc
+    frame.get_potential_energy()
+    assert not calc.shift_report.shifted and calc.ttt_result is None
+    assert calc.events[-1]["action"] == "none"
+
+
+def test_unknown_elements_error_or_nearest(ready):
+    atoms = molecule("CH3CH2OH")
+    atoms[0].symbol = "N"  # the model knows H, C, O
+    atoms.calc = _calc(ready)
+    with pytest.raises(UnknownElementError):
+        atoms.get_potential_energy()
+    calc = _calc(ready, unknown_elements="nearest")
+    atoms.calc = calc
+    with pytest.warns(UserWarning, match="mapped"):
+        e = atoms.get_potential_energy()
+    assert np.isfinite(e)
+    assert calc.shift_report.unknown_elements == {"N": "C"} or calc.shift_report.unknown_elements
+    assert calc.shift_report.detectors["elements"].shifted
+
+
+class _Broken(Calculator):
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        raise RuntimeError("SCF did not converge")
+
+
+def test_prior_failure_skips_ttt_and_returns_the_unadapted_prediction(ready):
+    atoms = _far_from_training()
+    plain = atoms.copy()
+    plain.calc = MLFFCalculator(copy.deepcopy(ready))
+    calc = AdaptiveCalculator(copy.deepcopy(ready), _Broken(), prior_head="prior", ttt=FAST_TTT)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(plain.get_potential_energy(), abs=1e-6)
+    assert calc.ttt_result is None
+    assert "prior failed" in calc.events[-1]["action"] and "SCF" in calc.events[-1]["prior_error"]
+
+
+def test_event_log_is_jsonl(ready, tmp_path):
+    log = tmp_path / "events.jsonl"
+    atoms = _far_from_training()
+    atoms.calc = _calc(ready, event_log=log)
+    atoms.get_potential_energy()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["report"]["shifted"] and lines[0]["ttt"]["steps"] > 0
+
+
+def test_radius_refinement_never_raises_the_spectral_distance(ready):
+    calc = _calc(ready, radius_refinement=True, adapt="always")
+    atoms = _far_from_training()
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    detail = calc.shift_report.radius_detail
+    assert detail["candidates"][-1] == ready.cutoff
+    assert min(detail["distances"]) <= detail["distances"][-1]
+    best = min(detail["distances"])  # ties go to the larger radius
+    assert calc.shift_report.radius == max(c for c, d in zip(detail["candidates"], detail["distances"]) if d == best)
+
+
+def test_prior_without_a_matching_head_is_refused(ready):
+    with pytest.raises(ValueError, match="no head for the prior"):
+        AdaptiveCalculator(copy.deepcopy(ready), toy_prior())
+
+
+def test_model_without_statistics_is_refused_for_detection(make_model):
+    with pytest.raises(ValueError, match="ase-adapt stats"):
+        AdaptiveCalculator(make_model(), toy_prior(), prior_head="prior")
+
+
+def test_adapted_calculator_keeps_the_physics_contracts(ready):
+    """One calculator, as in MD: a rotated or displaced copy is the same system (cached weights)."""
+    from ase_adapt.testing import check_finite_difference_forces, check_rotation_equivariance, tolerances
+
+    calc = AdaptiveCalculator(copy.deepcopy(ready).double(), toy_prior(), prior_head="prior", ttt=FAST_TTT)
+    factory = lambda: calc  # noqa: E731
+    atoms = _far_from_training()
+    check_rotation_equivariance(factory, atoms, tolerances("float64"))
+    check_finite_difference_forces(factory, atoms)
+    assert len(calc.events) == 1 and calc.ttt_result.steps > 0
