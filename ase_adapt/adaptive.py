@@ -134,6 +134,7 @@ class AdaptiveCalculator(MLFFCalculator):
         self._numbers_ref: np.ndarray | None = None
         self._calls = 0
         self._last_check = 0
+        self._force_next = False
 
     # ------------------------------------------------------------------ triggers
     def _needs_check(self, atoms: Atoms) -> bool:
@@ -141,12 +142,15 @@ class AdaptiveCalculator(MLFFCalculator):
             return True
         n = self.trigger.every_n_steps
         if n and self._calls - self._last_check >= n:
+            self._force_next = True  # a periodic check runs afresh, not from the cache
             return True
         bonds = _bonds(atoms, self.trigger.bond_factor)
         ref = self._bonds_ref
-        a = {tuple(b) for b in bonds.tolist()}
-        r = {tuple(b) for b in ref.tolist()}
-        changed = len(a ^ r) / max(len(r), 1)
+        if bonds.shape == ref.shape and np.array_equal(bonds, ref):
+            return False
+        n = len(atoms)
+        a, r = bonds[:, 0] * n + bonds[:, 1], ref[:, 0] * n + ref[:, 1]
+        changed = len(np.setxor1d(a, r, assume_unique=True)) / max(len(r), 1)
         return changed > self.trigger.topology_threshold
 
     def fingerprint(self, atoms: Atoms, bonds: np.ndarray | None = None) -> str:
@@ -179,16 +183,20 @@ class AdaptiveCalculator(MLFFCalculator):
             with open(self.event_log, "a") as fh:
                 fh.write(json.dumps(event, default=float) + "\n")
 
-    def check(self, atoms: Atoms) -> ShiftReport:
-        """Run detection (and adaptation, per ``adapt``) for ``atoms`` now; return the report."""
+    def check(self, atoms: Atoms, fresh: bool = False) -> ShiftReport:
+        """Run detection (and adaptation, per ``adapt``) for ``atoms`` now; return the report.
+
+        A system seen before reuses its cached adaptation unless ``fresh``.
+        """
         t0 = time.perf_counter()
+        fresh, self._force_next = fresh or self._force_next, False
         bonds = _bonds(atoms, self.trigger.bond_factor)
         self._bonds_ref, self._numbers_ref = bonds, atoms.numbers.copy()
         self._last_check = self._calls
         fp = self.fingerprint(atoms, bonds)
         event: dict[str, Any] = {"call": self._calls, "fingerprint": fp, "formula": atoms.get_chemical_formula(),
                                  "n_atoms": len(atoms)}
-        if fp in self._cache:
+        if fp in self._cache and not fresh:
             weights, self.radius, self.shift_report, self.ttt_result = self._cache[fp]
             self._cache.move_to_end(fp)
             self._set_weights(weights)

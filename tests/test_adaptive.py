@@ -15,6 +15,7 @@ from ase.md.verlet import VelocityVerlet
 
 import ase_adapt
 from ase_adapt import AdaptiveCalculator, MLFFCalculator
+from ase_adapt.adaptive import TriggerSettings
 from ase_adapt.errors import UnknownElementError
 from ase_adapt.shift.detectors import DetectorSettings
 from ase_adapt.testing import toy_frames, toy_prior
@@ -167,3 +168,64 @@ def test_adapted_calculator_keeps_the_physics_contracts(ready):
     check_rotation_equivariance(factory, atoms, tolerances("float64"))
     check_finite_difference_forces(factory, atoms)
     assert len(calc.events) == 1 and calc.ttt_result.steps > 0
+
+
+@pytest.mark.parametrize("ensemble", ["nvt", "nve"])
+def test_200_md_steps_on_a_small_molecule(ready, ensemble):
+    from ase.md.langevin import Langevin
+
+    atoms = molecule("H2O")
+    calc = _calc(ready, adapt="always")
+    atoms.calc = calc
+    if ensemble == "nvt":
+        dyn = Langevin(atoms, 0.25 * units.fs, temperature_K=300, friction=0.02, fixcm=False,
+                       rng=np.random.default_rng(0))
+    else:
+        dyn = VelocityVerlet(atoms, 0.25 * units.fs)
+    dyn.run(200)
+    assert np.isfinite(atoms.get_positions()).all() and np.isfinite(atoms.get_forces()).all()
+    assert calc.ttt_result is not None and len(calc.events) >= 1
+
+
+class _FailsLater(Calculator):
+    """A prior that works for ``ok`` calls, then fails (SCF trouble mid-run)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, ok: int):
+        super().__init__()
+        self.ok, self.calls, self.inner = ok, 0, toy_prior()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        self.calls += 1
+        if self.calls > self.ok:
+            raise RuntimeError("SCF did not converge")
+        Calculator.calculate(self, atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.inner
+        self.results = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
+
+
+def test_prior_failure_mid_run_gives_an_event_and_unadapted_results(ready):
+    atoms = _far_from_training()
+    prior = _FailsLater(ok=5)  # enough for the first check: 1 structure + 4 rattled samples
+    calc = AdaptiveCalculator(copy.deepcopy(ready), prior, prior_head="prior", ttt=FAST_TTT,
+                              trigger=TriggerSettings(every_n_steps=10))
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, 0.1 * units.fs)
+    dyn.run(25)
+    assert calc.events[0]["ttt"] is not None
+    failed = [e for e in calc.events if "prior_error" in e]
+    assert failed and all("SCF" in e["prior_error"] for e in failed)
+    # after the failed check the model answers with its base (unadapted) weights
+    plain = atoms.copy()
+    plain.calc = MLFFCalculator(copy.deepcopy(ready))
+    assert atoms.get_potential_energy() == pytest.approx(plain.get_potential_energy(), abs=1e-6)
+
+
+def test_returned_arrays_are_copies(ready):
+    atoms = _far_from_training()
+    atoms.calc = _calc(ready)
+    f = atoms.get_forces()
+    f[:] = 0.0
+    assert np.abs(atoms.get_forces()).sum() > 0

@@ -14,6 +14,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import ase_adapt
+from ase_adapt.errors import DataError
 from ase_adapt.train import (
     E0Warning, apply_e0, average_e0, e0_from_json, e0_to_json, head_e0, isolated_atom_e0, reestimate_e0,
 )
@@ -91,7 +92,7 @@ def test_average_errors_name_the_problem():
     frames = _frames(5, seed=2)
     _label(frames, E0)
     del frames[3].info["energy"]
-    with pytest.raises(KeyError, match="frame 3.*'energy'"):
+    with pytest.raises(DataError, match="frame 3.*'energy'"):
         average_e0(frames)
     frames[3].info["energy"] = float("nan")
     with pytest.raises(ValueError, match="frame 3.*not finite"):
@@ -140,7 +141,7 @@ def test_reestimate_absent_element_keeps_pretrained_e0(hco_model):
 
 def test_reestimate_rejects_unknown_elements_and_missing_labels(hco_model):
     frames = _frames(3, seed=5)
-    with pytest.raises(KeyError, match="frame 0"):
+    with pytest.raises(DataError, match="frame 0"):
         reestimate_e0(hco_model, frames, progress=False)
     with pytest.raises(ase_adapt.UnknownElementError, match="N"):
         reestimate_e0(hco_model, [Atoms("NH3", positions=np.eye(4, 3) * 1.5)], progress=False)

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from ase.data import chemical_symbols
 
 from .._keys import MAIN_HEAD, REF_ENERGY
+from ..errors import DataError
 
 
 class E0Method(str, Enum):
@@ -230,7 +231,7 @@ def compute_e0(settings: E0Settings, model=None) -> dict[int, float]:
         if m is E0Method.AVERAGE:
             return average_e0(frames, settings.elements or None, energy_key=settings.energy_key)
         return reestimate_e0(model, frames, settings.head, settings.energy_key, batch_size=settings.batch_size)
-    except KeyError as exc:  # missing energy label or head: a user error, reported as such
+    except (KeyError, DataError) as exc:  # missing energy label or head: a user error, reported as such
         where = f"{settings.data}: " if settings.data else ""
         raise ValueError(where + str(exc.args[0] if exc.args else exc)) from None
 

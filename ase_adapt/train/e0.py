@@ -34,6 +34,7 @@ from .._io import write_json
 from ..elements import as_atomic_numbers, atomic_number
 from ..errors import UnknownElementError
 from ..graph import build_graph
+from .data import get_label
 
 __all__ = [
     "E0Warning", "isolated_atom_e0", "average_e0", "reestimate_e0", "head_e0", "apply_e0",
@@ -53,24 +54,8 @@ def _symbols(numbers: Iterable[int]) -> list[str]:
 
 
 def _frame_energy(atoms: Atoms, index: int, energy_key: str) -> float:
-    """Reference energy of one frame: ``atoms.info[energy_key]``, else a single-point result."""
-    if energy_key in atoms.info:
-        value = atoms.info[energy_key]
-    elif isinstance(atoms.calc, SinglePointCalculator) and energy_key in atoms.calc.results:
-        # get_potential_energy() for "energy" keeps ASE's own checks (e.g. atoms unchanged)
-        value = atoms.get_potential_energy() if energy_key == "energy" else atoms.calc.results[energy_key]
-    else:
-        raise KeyError(
-            f"frame {index} has no energy {energy_key!r} (looked in atoms.info and in an attached "
-            f"SinglePointCalculator; info keys: {sorted(atoms.info)})"
-        )
-    try:
-        energy = float(np.asarray(value).item())
-    except (TypeError, ValueError):
-        raise ValueError(f"frame {index}: energy {energy_key!r} is not a number ({value!r})") from None
-    if not math.isfinite(energy):
-        raise ValueError(f"frame {index}: energy {energy_key!r} is not finite ({energy})")
-    return energy
+    """Reference energy of one frame (``atoms.info`` or single-point results); DataError if absent."""
+    return get_label(atoms, energy_key, index)
 
 
 def _frame_energies(frames: Sequence[Atoms], energy_key: str) -> np.ndarray:
