@@ -170,10 +170,8 @@ def test_settings_from_yaml_with_command_line_override(tmp_path: Path) -> None:
 
 
 def test_make_calculator_known_specs() -> None:
-    # ase_adapt.priors wraps the backends (kind "emt"/"lj"); the fallback returns them bare
-    for spec, kind in (("emt", "emt"), ("LJ", "lj")):
-        calc = make_calculator(spec)
-        assert getattr(calc, "kind", type(calc).__name__.lower().replace("lennardjones", "lj")) == kind
+    for spec, kind in (("emt", "emt"), ("LJ", "lj")):  # ase_adapt.priors wraps the backends
+        assert make_calculator(spec).kind == kind
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -235,17 +233,14 @@ def test_nothing_is_written_when_the_e0s_do_not_cover_the_model(
     assert not out_json.exists() and not out_ckpt.exists()
 
 
-def test_frames_fall_back_to_ase_io_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ase_adapt.train.data as data_module
+def test_bad_frame_files_are_named(tmp_path: Path) -> None:
     from ase_adapt.cli.e0 import load_frames
     from ase_adapt.errors import DataError
 
-    monkeypatch.delattr(data_module, "read_frames", raising=False)
-    frames = load_frames(_synthetic(tmp_path / "frames.xyz", n=3))
-    assert len(frames) == 3
+    assert len(load_frames(_synthetic(tmp_path / "frames.xyz", n=3))) == 3
     corrupt = tmp_path / "corrupt.xyz"
     corrupt.write_text("3\nenergy=1.0\nH 0 0 0\n")
     with pytest.raises(DataError, match="corrupt.xyz"):
         load_frames(corrupt)
-    with pytest.raises(FileNotFoundError, match="missing.xyz"):
+    with pytest.raises(DataError, match="missing.xyz"):
         load_frames(tmp_path / "missing.xyz")

@@ -55,3 +55,17 @@ def summarize(history: list[dict]) -> str:
     parts = [f"{k[4:-4].replace('_', ' ')} {last[k]:.1f}" for k in keys]
     return f"{len(history)} epochs; last epoch: " + (", ".join(parts) + " (meV, meV/Å)" if parts else
                                                     f"train loss {last['train_loss']:.4g}")
+
+
+PRIOR_HELP = ("prior calculator: gfn2-xtb, gfn1-xtb, gfn-ff, lj, emt or sgdml:PATH "
+              "(see docs/priors.md)")
+
+
+def prior_calculator(spec: str):
+    """The prior named by ``spec`` (:func:`ase_adapt.priors.make_prior`), errors as ValueError."""
+    from ..priors import make_prior
+
+    try:
+        return make_prior(spec)
+    except ImportError as exc:  # an optional backend is missing: a user-fixable error
+        raise ValueError(f"prior {spec!r}: {exc}") from None

@@ -30,6 +30,7 @@ from ase.data import chemical_symbols
 
 from .._keys import MAIN_HEAD, REF_ENERGY
 from ..errors import DataError
+from ._common import prior_calculator
 
 
 class E0Method(str, Enum):
@@ -163,59 +164,16 @@ def settings_from_args(args: argparse.Namespace) -> E0Settings:
 
 
 # ----------------------------------------------------------------------------------- building blocks
-_FALLBACK_CALCULATORS = ("emt", "lj")
-
-
 def make_calculator(spec: str):
-    """An ASE calculator from a spec: ``ase_adapt.priors.make_prior`` when available, else emt / lj."""
-    try:
-        from ..priors import make_prior
-    except ModuleNotFoundError as exc:
-        if exc.name != __package__.rpartition(".")[0] + ".priors":
-            raise  # the priors room exists but one of its own imports failed
-        make_prior = None
-    if make_prior is not None:
-        try:
-            return make_prior(spec)
-        except (KeyError, ImportError) as exc:  # unknown spec, missing optional backend
-            raise ValueError(f"cannot make calculator {spec!r}: {exc}") from exc
-    key = spec.strip().lower()
-    if key == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    if key == "lj":
-        from ase.calculators.lj import LennardJones
-
-        return LennardJones()
-    raise ValueError(f"unknown calculator {spec!r} (known: {', '.join(_FALLBACK_CALCULATORS)})")
+    """The calculator for isolated-atom E0s: any prior spec (:func:`ase_adapt.priors.make_prior`)."""
+    return prior_calculator(spec)
 
 
 def load_frames(path: str | Path) -> list:
-    """All frames of ``path``: ``ase_adapt.train.data.read_frames`` when available, else ``ase.io.read``."""
-    from ..errors import DataError
+    """All frames of ``path`` (extxyz or ASE .db); a bad file raises DataError naming it."""
+    from ..train.data import read_frames
 
-    try:
-        from ..train.data import read_frames
-    except ImportError:
-        read_frames = None
-    if read_frames is not None:
-        frames = list(read_frames(path))
-    else:
-        from ase.io import read
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no data file {str(path)!r}")
-        try:
-            frames = read(path, ":")
-        except Exception as exc:  # ASE readers raise anything from StopIteration to IndexError
-            raise DataError(f"{path}: cannot read frames ({type(exc).__name__}: {exc})") from None
-        if not isinstance(frames, list):
-            frames = [frames]
-    if not frames:
-        raise DataError(f"{path}: no frames")
-    return frames
+    return list(read_frames(path))
 
 
 def compute_e0(settings: E0Settings, model=None) -> dict[int, float]:

@@ -26,13 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train.label import OnError
-
-# built-in specs until ase_adapt.priors.make_prior exists (then it decides what SPEC means)
-_BUILTIN_PRIORS = {
-    "lj": "ase.calculators.lj.LennardJones with ASE's default parameters",
-    "emt": "ase.calculators.emt.EMT (H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au)",
-}
-
+from ._common import PRIOR_HELP, prior_calculator
 
 @dataclass(frozen=True)
 class LabelSettings:
@@ -95,10 +89,9 @@ class LabelSettings:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="add prior labels (energy, forces, stress) to a dataset",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    specs = "; ".join(f"{k}: {v}" for k, v in _BUILTIN_PRIORS.items())
     p.add_argument("data", nargs="?", default=None, metavar="DATA",
                    help="input dataset: extxyz (.xyz, .extxyz) or ASE database (.db)")
-    p.add_argument("--prior", metavar="SPEC", default=None, help=f"prior calculator ({specs})")
+    p.add_argument("--prior", metavar="SPEC", default=None, help=PRIOR_HELP)
     p.add_argument("--out", metavar="OUT", default=None,
                    help="output dataset (.xyz, .extxyz or .db); the only file left behind on success")
     p.add_argument("--prefix", default=None,
@@ -123,33 +116,10 @@ def settings_from_args(args: argparse.Namespace) -> LabelSettings:
     return LabelSettings._build(given, "the command line; see ase-adapt label --help")
 
 
-def _calculator(spec: str):
-    """The prior calculator named by ``spec`` (``ase_adapt.priors.make_prior`` when it exists)."""
-    try:
-        from ..priors import make_prior
-    except ImportError as exc:
-        if exc.name != "ase_adapt.priors":  # a broken priors module must not be papered over
-            raise
-        make_prior = None
-    if make_prior is not None:
-        return make_prior(spec)
-    key = spec.strip().lower()
-    if key == "lj":
-        from ase.calculators.lj import LennardJones
-
-        return LennardJones()
-    if key == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    accepted = "; ".join(f"{k} ({v})" for k, v in _BUILTIN_PRIORS.items())
-    raise ValueError(f"unknown prior {spec!r}; accepted: {accepted}")
-
-
 def run(settings: LabelSettings) -> Path:
     from ..train.label import label_frames
 
-    calculator = _calculator(settings.prior)
+    calculator = prior_calculator(settings.prior)
     out = label_frames(settings.data, calculator, settings.out, prefix=settings.prefix,
                        stress=settings.stress, resume=settings.resume, progress=settings.progress,
                        on_error=settings.on_error)
