@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, e0, finetune, info, label, stats, train
+from . import demo, e0, evaluate, finetune, info, label, stats, train
 
 COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "train": train, "finetune": finetune,
-            "stats": stats}
+            "stats": stats, "evaluate": evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,7 @@ class ShiftReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["shifted"] = self.shifted
+        out["reasons"] = self.reasons
         return out
 
     def summary(self) -> str:
