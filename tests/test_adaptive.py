@@ -229,3 +229,14 @@ def test_returned_arrays_are_copies(ready):
     f = atoms.get_forces()
     f[:] = 0.0
     assert np.abs(atoms.get_forces()).sum() > 0
+
+
+def test_periodic_cell_gives_stress_after_adaptation(ready):
+    from ase.build import bulk
+
+    atoms = bulk("C", "diamond", a=3.6).repeat((2, 1, 1))
+    calc = _calc(ready, adapt="always")
+    atoms.calc = calc
+    stress = atoms.get_stress()
+    assert stress.shape == (6,) and np.isfinite(stress).all()
+    assert calc.ttt_result is not None and np.isfinite(atoms.get_forces()).all()
