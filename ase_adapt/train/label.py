@@ -41,7 +41,7 @@ _INDEX = "ase_adapt_label_index"
 _INPUT = "ase_adapt_label_input"
 _SKIPPED = "ase_adapt_label_skipped"
 _FLUSH_SECONDS = 30.0  # expensive calculators: never lose more than this much work to a kill
-_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # prior_gfn-ff: the keys of head prior:gfn-ff
 
 
 class OnError(str, enum.Enum):
@@ -82,7 +82,8 @@ def label_frames(
     out_path = Path(out_path)
     _file_format(out_path)  # a bad suffix fails before any work
     if not _PREFIX_RE.match(prefix):
-        raise ValueError(f"label prefix must be an identifier such as 'prior' or 'gfnff', got {prefix!r}")
+        raise ValueError(f"label prefix must be letters, digits, '_' or '-' such as 'prior' or 'prior_gfn-ff', "
+                         f"got {prefix!r}")
     try:
         on_error = OnError(on_error)
     except ValueError:
