@@ -13,7 +13,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase_adapt.cli.main import main
 from ase_adapt.priors import make_prior
 from ase_adapt.testing import toy_frames
-from ase_adapt.train import LabelKeys, OptimSettings, TrainSettings, train_model
+from ase_adapt.train import OptimSettings, TrainSettings, train_model
 from ase_adapt.train.data import write_frames
 
 KEYS = ("n_frames", "force_mae_mev_per_A", "energy_mae_mev_per_atom", "energy_mae_offset_corrected_mev_per_atom",
@@ -31,8 +31,7 @@ def files(tmp_path_factory):
         a.info["prior_lj_energy"] = a.info.pop("prior_energy")
         a.arrays["prior_lj_forces"] = a.arrays.pop("prior_forces")
     model = tiny_model(elements=("H", "C", "O"), heads=("main", "prior:lj"))
-    s = TrainSettings(prior_head="prior:lj", prior=LabelKeys("prior_lj_energy", "prior_lj_forces", None),
-                      optim=OptimSettings(epochs=4, progress=False))
+    s = TrainSettings(prior_heads=("prior:lj",), optim=OptimSettings(epochs=4, progress=False))
     train_model(model, frames, s, root / "run")
     rng = np.random.default_rng(0)
     for name, formula in (("ethanol", "CH3CH2OH"), ("methylamine", "H3CNH2")):

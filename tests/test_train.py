@@ -160,3 +160,25 @@ def test_huber_loss_and_cosine_schedule_train(frames, make_model, tmp_path):
     lrs = [r["lr"] for r in result.history]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
     assert np.isfinite([r["train_loss"] for r in result.history]).all()
+
+
+def test_joint_training_with_one_head_per_prior_kind(make_model, tmp_path):
+    """prior:<kind> heads learn prior_<kind>_* labels; TTT can then pick the head per prior."""
+    from ase_adapt.priors import make_prior
+
+    frames = toy_frames(12, seed=6, prior=make_prior("lj"))
+    for a, b in zip(frames, toy_frames(12, seed=6, prior=make_prior("lj", epsilon=0.05, sigma=1.2))):
+        a.info["prior_lj_energy"] = a.info.pop("prior_energy")
+        a.arrays["prior_lj_forces"] = a.arrays.pop("prior_forces")
+        a.info["prior_soft_energy"] = b.info["prior_energy"]
+        a.arrays["prior_soft_forces"] = b.arrays["prior_forces"]
+    model = make_model(heads=("main", "prior:lj", "prior:soft"))
+    s = TrainSettings(prior_heads=("prior:lj", "prior:soft"), optim=OptimSettings(epochs=3, batch_size=6, progress=False))
+    result = train_model(model, frames, s, tmp_path)
+    last = result.history[-1]
+    assert "val_prior:lj_forces_rmse_mev" in last and "val_prior:soft_forces_rmse_mev" in last
+    stats = model.training_stats
+    assert set(stats["prior_loss"]) == {"prior:lj", "prior:soft"}
+    assert set(stats["force_norm_priors"]) == {"prior:lj", "prior:soft"}
+    with pytest.raises(ValueError, match="prior:<kind>"):
+        TrainSettings(prior_heads=("gfn-ff",))

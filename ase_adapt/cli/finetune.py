@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replay-labels", choices=[m.value for m in ReplayLabels], help="replay labels")
     p.add_argument("--replay-weight", type=float, help="loss weight of the replay head")
     p.add_argument("--prior-weight", type=float, help="loss weight of the prior head (mft)")
+    p.add_argument("--prior-head", action="append", dest="prior_heads", metavar="HEAD",
+                   help="prior head(s) trained alongside by mft (default: prior); repeat for several")
     p.add_argument("--e0", choices=[m.value for m in E0Update], help="how the main head's E0s follow the data")
     p.add_argument("--no-stats", action="store_true", help="do not compute training statistics at the end")
     add_optim_args(p)
@@ -64,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> FinetuneCommand:
     overrides: dict = {}
     for name in ("strategy", "freeze", "lora_rank", "lora_alpha", "replay_labels", "replay_weight",
-                 "prior_weight", "e0"):
+                 "prior_weight", "e0", "prior_heads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.no_stats:

@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], help="model dtype (default: the preset's)")
     p.add_argument("--config", help="training settings: YAML file or preset (default: train-joint)")
     p.add_argument("--mode", choices=[m.value for m in TrainMode], help="training mode (overrides --config)")
+    p.add_argument("--prior-head", action="append", dest="prior_heads", metavar="HEAD",
+                   help="a prior head to train, 'prior' (labels prior_energy/prior_forces) or 'prior:<kind>' "
+                        "(labels prior_<kind>_energy/_forces); repeat for several (default: prior)")
     p.add_argument("--prior-weight", type=float, help="λ of joint training, L_main + λ·L_prior")
     p.add_argument("--pretrain-epochs", type=int, help="epochs of the prior pretraining stage")
     p.add_argument("--no-stats", action="store_true", help="do not compute training statistics at the end")
@@ -63,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> TrainCommand:
     overrides: dict = {}
-    for name in ("mode", "prior_weight", "pretrain_epochs"):
+    for name in ("mode", "prior_weight", "pretrain_epochs", "prior_heads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.no_stats:
@@ -90,7 +93,7 @@ def run(settings: TrainCommand) -> dict:
     present = sorted({int(z) for a in frames for z in a.numbers})
     elements = list(settings.elements) if settings.elements else [chemical_symbols[z] for z in present]
     heads = (settings.training.main_head,) if settings.training.mode is TrainMode.MAIN else \
-        (settings.training.main_head, settings.training.prior_head)
+        (settings.training.main_head, *settings.training.prior_heads)
     overrides = {"elements": elements, "heads": heads}
     if settings.dtype:
         overrides["dtype"] = settings.dtype

@@ -38,7 +38,7 @@ from ..graph import build_graph
 from .dataset import DATA, REPLAY, LabelledFrames, Task
 from .e0 import E0Warning, apply_e0, average_e0, reestimate_e0
 from .lora import inject_lora, lora_parameters, merge_lora
-from .modes import LabelKeys, data_fingerprint, finalize, split_for_training
+from .modes import LabelKeys, data_fingerprint, finalize, prior_task_keys, split_for_training
 from .trainer import OptimSettings, Stage, Trainer, TrainResult
 
 __all__ = ["Strategy", "FreezeMode", "ReplayLabels", "E0Update", "FinetuneSettings", "finetune_model",
@@ -88,7 +88,7 @@ class FinetuneSettings:
     replay_weight: float = 1.0
     prior_weight: float = 1.0
     main_head: str = K.MAIN_HEAD
-    prior_head: str = K.PRIOR_HEAD
+    prior_heads: tuple[str, ...] = (K.PRIOR_HEAD,)
     reference: LabelKeys = field(default_factory=LabelKeys)
     prior: LabelKeys = field(default_factory=lambda: LabelKeys(K.PRIOR_ENERGY, K.PRIOR_FORCES, K.PRIOR_STRESS))
     replay: LabelKeys = field(default_factory=LabelKeys)
@@ -96,6 +96,7 @@ class FinetuneSettings:
     compute_stats: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_heads", tuple(self.prior_heads))
         for name, cls in (("strategy", Strategy), ("freeze", FreezeMode), ("replay_labels", ReplayLabels),
                           ("e0", E0Update)):
             object.__setattr__(self, name, cls(getattr(self, name)))
@@ -195,9 +196,11 @@ def finetune_model(
         tasks.append(Task(s.replay_head, rkeys.energy, rkeys.forces, rkeys.stress, w,
                           weight=s.replay_weight, group=REPLAY))
     if s.strategy is Strategy.MFT:
-        if s.prior_head not in model.heads:
-            raise ValueError(f"strategy 'mft' needs the model's prior head {s.prior_head!r}; heads: {list(model.heads)}")
-        tasks.append(Task(s.prior_head, s.prior.energy, s.prior.forces, s.prior.stress, w, weight=s.prior_weight))
+        for h in s.prior_heads:
+            if h not in model.heads:
+                raise ValueError(f"strategy 'mft' needs the model's prior head {h!r}; heads: {list(model.heads)}")
+            k = prior_task_keys(h, s.prior)
+            tasks.append(Task(h, k.energy, k.forces, k.stress, w, weight=s.prior_weight))
     _update_e0(model, main_h, train, s.reference.energy, s.e0)
 
     heads = [t.head for t in tasks]

@@ -29,7 +29,7 @@ from .dataset import LabelledFrames, Task
 from .e0 import E0Warning, apply_e0, average_e0
 from .trainer import OptimSettings, Stage, Trainer, TrainResult
 
-__all__ = ["TrainMode", "E0Source", "LabelKeys", "TrainSettings", "train_model", "fit_head_scale",
+__all__ = ["TrainMode", "E0Source", "LabelKeys", "TrainSettings", "train_model", "fit_head_scale", "prior_task_keys",
            "fit_avg_num_neighbors", "split_for_training", "data_fingerprint", "finalize"]
 
 
@@ -62,7 +62,7 @@ class TrainSettings:
     pretrain_epochs: int | None = None
     prior_weight: float = 1.0
     main_head: str = K.MAIN_HEAD
-    prior_head: str = K.PRIOR_HEAD
+    prior_heads: tuple[str, ...] = (K.PRIOR_HEAD,)
     reference: LabelKeys = field(default_factory=LabelKeys)
     prior: LabelKeys = field(default_factory=lambda: LabelKeys(K.PRIOR_ENERGY, K.PRIOR_FORCES, K.PRIOR_STRESS))
     e0: E0Source = E0Source.AUTO
@@ -75,10 +75,27 @@ class TrainSettings:
         object.__setattr__(self, "e0", E0Source(self.e0))
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
+        object.__setattr__(self, "prior_heads", tuple(self.prior_heads))
+        bad = [h for h in self.prior_heads if h != K.PRIOR_HEAD and not h.startswith("prior:")]
+        if bad or (self.mode is not TrainMode.MAIN and not self.prior_heads):
+            raise ValueError(f"prior heads are named 'prior' or 'prior:<kind>' and at least one is needed "
+                             f"outside mode 'main' (got {list(self.prior_heads)})")
+
+    def prior_keys(self, head: str) -> LabelKeys:
+        """Label keys of a prior head: ``prior`` -> ``self.prior``; ``prior:<kind>`` -> ``prior_<kind>_*``."""
+        return prior_task_keys(head, self.prior)
 
     @classmethod
     def from_yaml(cls, source: str | Path | None = None, **overrides) -> "TrainSettings":
         return load_settings(cls, source, **overrides)
+
+
+def prior_task_keys(head: str, generic: LabelKeys) -> LabelKeys:
+    """The label keys a prior head learns from (the convention of ``ase-adapt label --prefix``)."""
+    if head == K.PRIOR_HEAD:
+        return generic
+    kind = head.split(":", 1)[1]
+    return LabelKeys(f"prior_{kind}_energy", f"prior_{kind}_forces", f"prior_{kind}_stress")
 
 
 # ------------------------------------------------------------------------------ preparation
@@ -201,8 +218,9 @@ def train_model(
     w = o.loss_weights()
     main = Task(s.main_head, s.reference.energy, s.reference.forces, s.reference.stress, w,
                 required=s.mode is TrainMode.MAIN)
-    prior = Task(s.prior_head, s.prior.energy, s.prior.forces, s.prior.stress, w, weight=s.prior_weight)
-    tasks = [main] if s.mode is TrainMode.MAIN else [main, prior]
+    priors = [Task(h, k.energy, k.forces, k.stress, w, weight=s.prior_weight)
+              for h in s.prior_heads for k in [s.prior_keys(h)]]
+    tasks = [main] if s.mode is TrainMode.MAIN else [main, *priors]
     for t in tasks:
         if t.head not in model.heads:
             raise ValueError(f"model has no head {t.head!r} (heads: {list(model.heads)}); build it with that head")
@@ -219,8 +237,8 @@ def train_model(
     head_params = lambda name: (lambda m: list(m.heads[name].parameters()))  # noqa: E731
     if s.mode is TrainMode.PRETRAIN_FREEZE_FINETUNE:
         stages = [
-            Stage("pretrain-prior", [s.prior_head],
-                  lambda m: m.representation_parameters() + list(m.heads[s.prior_head].parameters()),
+            Stage("pretrain-prior", list(s.prior_heads),
+                  lambda m: m.representation_parameters() + [p for h in s.prior_heads for p in m.heads[h].parameters()],
                   s.pretrain_epochs or o.epochs),
             Stage("finetune-main", [s.main_head], head_params(s.main_head), o.epochs),
         ]
