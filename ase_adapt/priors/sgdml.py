@@ -43,6 +43,21 @@ _OPTIONAL = ("alphas_E", "lattice", "use_E", "e_unit", "r_unit", "dataset_name",
 _LOCK = threading.RLock()  # sgdml keeps module-global state (one GDMLTrain at a time)
 
 
+def _import_sgdml(name: str) -> Any:
+    """Import an sgdml module without letting it replace the process-wide logger class.
+
+    ``import sgdml`` calls ``logging.setLoggerClass`` with a class that gives every logger made
+    afterwards (torch's, the user's) its own INFO-level stderr handler.
+    """
+    import importlib
+
+    cls = logging.getLoggerClass()
+    try:
+        return importlib.import_module(name)
+    finally:
+        logging.setLoggerClass(cls)
+
+
 def _missing(exc: ImportError) -> ImportError:
     return ImportError(f"sGDML priors need the optional package 'sgdml' ({exc}); install it with "
                        f"`pip install ase-adapt[priors]` (or `pip install sgdml`)")
@@ -173,7 +188,7 @@ class SGDMLCalculator(Calculator):
     def __init__(self, model: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         try:
-            from sgdml.predict import GDMLPredict
+            GDMLPredict = _import_sgdml("sgdml.predict").GDMLPredict  # noqa: N806
         except ImportError as exc:
             raise _missing(exc) from exc
         self.numbers = np.asarray(model["z"], dtype=np.int64)
@@ -304,7 +319,7 @@ def fit_sgdml_prior(
     from ..train.data import read_frames
 
     try:
-        import sgdml.train as sgdml_train
+        sgdml_train = _import_sgdml("sgdml.train")
     except ImportError as exc:
         raise _missing(exc) from exc
     frames = read_frames(frames) if isinstance(frames, (str, Path)) else list(frames)
