@@ -47,15 +47,20 @@ def _import_sgdml(name: str) -> Any:
     """Import an sgdml module without letting it replace the process-wide logger class.
 
     ``import sgdml`` calls ``logging.setLoggerClass`` with a class that gives every logger made
-    afterwards (torch's, the user's) its own INFO-level stderr handler.
+    afterwards (torch's, the user's) its own INFO-level stderr handler. sgdml's own loggers are
+    set to WARNING, so fits stay quiet but its warnings still arrive.
     """
     import importlib
 
     cls = logging.getLoggerClass()
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     finally:
         logging.setLoggerClass(cls)
+    for logger_name, logger in list(logging.root.manager.loggerDict.items()):
+        if logger_name.startswith("sgdml") and isinstance(logger, logging.Logger) and logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)  # its progress chatter; warnings still reach us
+    return module
 
 
 def _missing(exc: ImportError) -> ImportError:
