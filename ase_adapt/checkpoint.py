@@ -31,7 +31,9 @@ from .errors import CheckpointError
 from .models.build import ModelConfig, build_model, new_head
 from .models.mlff import MLFF
 
-BUILTIN_MODELS: dict[str, Path] = {}  # name -> packaged checkpoint (the default model arrives later)
+# name -> packaged checkpoint. "default": trained on aspirin, benzene and uracil (GFN2-xTB reference,
+# GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
+BUILTIN_MODELS: dict[str, Path] = {"default": Path(__file__).parent / "data" / "default.safetensors"}
 
 
 def _split_stats(stats: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -95,7 +97,11 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 def _resolve(path_or_name: str | Path) -> Path:
     if isinstance(path_or_name, str) and path_or_name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[path_or_name]
+        path = BUILTIN_MODELS[path_or_name]
+        if not path.is_file():
+            raise CheckpointError(f"built-in model {path_or_name!r} is missing from this installation ({path}); "
+                                  "reinstall ase-adapt, or train it with `python benchmarks/train_default.py --install`")
+        return path
     path = Path(path_or_name)
     if not path.is_file():
         names = ", ".join(sorted(BUILTIN_MODELS)) or "none yet"
