@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="where to write the results (default benchmarks/results/...)")
     args = p.parse_args(argv)
     import torch
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                          r["energy_mae_offset_corrected_mev_per_atom"], r.get("prior_force_mae_mev_per_A"),
                          (r.get("ttt") or {}).get("seconds")])
     name = "unseen_molecules_quick.json" if args.quick else "unseen_molecules.json"
-    path = write_json_atomic(RESULTS_DIR / name, results)
+    path = write_json_atomic(args.json or RESULTS_DIR / name, results)
     print_table(["molecule", "config", "F MAE meV/Å", "gain vs base", "E MAE* meV/atom", "prior F MAE", "TTT s"],
                 rows, fmt=".3g")
     print(f"wrote {path}")

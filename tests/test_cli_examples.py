@@ -28,22 +28,26 @@ def test_example_runs(script: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "examples must not litter the working directory"
 
 
-def test_demo_writes_only_its_json_from_a_read_only_directory(tmp_path: Path) -> None:
+def test_demo_writes_only_its_outputs_from_a_read_only_directory(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
-    out = tmp_path / "out" / "summary.json"
+    out = tmp_path / "out"
     ro.chmod(0o555)
     try:
-        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "3", "--json", str(out)], cwd=ro)
+        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "20", "--parity-frames", "2",
+                     "--ttt-steps", "5", "--out", str(out), "--quiet"], cwd=ro)
     finally:
         ro.chmod(0o755)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(ro.iterdir()) == []
-    assert sorted(p.name for p in out.parent.iterdir()) == ["summary.json"]
-    summary = json.loads(out.read_text())
-    assert summary["molecule"]["atoms"] == 9 and summary["crystal"]["atoms"] == 16
-    assert len(summary["crystal"]["stress_eV_per_A3"]) == 6
-    assert summary["md"]["steps"] == 3
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hr.png", "md_adaptive.xyz", "md_base.xyz", "md_reference.xyz", "parity.png", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["molecule"] == "C10H8" and summary["atoms"] == 18
+    assert set(summary["shift"]["detectors"]) == {"elements", "force_norm", "connectivity"}
+    assert set(summary["force_mae_mev_per_A"]) == {"base", "adaptive", "prior"}
+    assert set(summary["md"]) == {"reference", "base", "adaptive"}
+    assert "shift report" in proc.stdout and "force MAE" in proc.stdout
 
 
 def test_info_describes_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
