@@ -50,7 +50,10 @@ class AdaptMode(str, enum.Enum):
 @dataclass(frozen=True)
 class TriggerSettings:
     topology_threshold: float = 0.1  # fraction of covalent bonds changed since the last check
-    bond_factor: float = 1.2         # a bond: distance < bond_factor * (r_cov,i + r_cov,j)
+    bond_factor: float = 1.2         # a bond forms: distance < bond_factor * (r_cov,i + r_cov,j)
+    break_factor: float = 1.5        # a bond of the last check breaks: distance > break_factor * (...)
+    # The gap between the two is hysteresis: a C-H bond stretching past 1.2x at 500 K is not a
+    # new topology (without it, thermal flicker re-triggered checks and TTT every few MD steps).
     every_n_steps: int | None = None
 
 
@@ -150,8 +153,19 @@ class AdaptiveCalculator(MLFFCalculator):
             return False
         n = len(atoms)
         a, r = bonds[:, 0] * n + bonds[:, 1], ref[:, 0] * n + ref[:, 1]
-        changed = len(np.setxor1d(a, r, assume_unique=True)) / max(len(r), 1)
-        return changed > self.trigger.topology_threshold
+        formed = len(np.setdiff1d(a, r, assume_unique=True))
+        gone = ref[~np.isin(r, a)]  # reference bonds beyond bond_factor: broken only past break_factor
+        broken = 0
+        if len(gone):
+            vec = atoms.positions[gone[:, 1]] - atoms.positions[gone[:, 0]]
+            if atoms.pbc.any():
+                from ase.geometry import find_mic
+
+                vec = find_mic(vec, atoms.cell, atoms.pbc)[0]
+            radii = covalent_radii[atoms.numbers]
+            limit = self.trigger.break_factor * (radii[gone[:, 0]] + radii[gone[:, 1]])
+            broken = int((np.linalg.norm(vec, axis=1) > limit).sum())
+        return (formed + broken) / max(len(r), 1) > self.trigger.topology_threshold
 
     def fingerprint(self, atoms: Atoms, bonds: np.ndarray | None = None) -> str:
         """Numbers + covalent bond graph: what identifies 'the same system' for the cache."""

@@ -240,3 +240,21 @@ def test_periodic_cell_gives_stress_after_adaptation(ready):
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.isfinite(stress).all()
     assert calc.ttt_result is not None and np.isfinite(atoms.get_forces()).all()
+
+
+def test_bond_flicker_does_not_retrigger_but_a_broken_bond_does(ready):
+    """Hysteresis: a bond stretched past the formation factor is not broken until break_factor."""
+    atoms = _far_from_training()
+    calc = _calc(ready, adapt="never")
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    h = [i for i, z in enumerate(atoms.numbers) if z == 1][0]
+    partner = int(np.argsort(atoms.get_distances(h, range(len(atoms))))[1])
+    d0 = atoms.get_distance(h, partner)
+    direction = (atoms.positions[h] - atoms.positions[partner]) / d0
+    atoms.positions[h] += direction * (0.3 * d0)  # about 1.3x the covalent sum: thermal flicker
+    atoms.get_potential_energy()
+    assert len(calc.events) == 1
+    atoms.positions[h] += direction * (0.6 * d0)  # far past 1.5x: broken
+    atoms.get_potential_energy()
+    assert len(calc.events) == 2
