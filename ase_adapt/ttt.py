@@ -7,8 +7,9 @@ on the prior head's loss, updating only the representation parameters before int
 then predicts from the adapted features (DESIGN.md §The science).
 
 Stopping: when the prior loss reaches the training-level prior loss recorded in the model's
-statistics (going further overfits), when it plateaus, or after ``max_steps``. If the loss ends
-above where it started, or becomes non-finite, the weights roll back to where they started.
+statistics (going further overfits), when it plateaus, or after ``max_steps``. The weights kept
+are those with the lowest prior loss seen; if no step lowered it (or the loss became
+non-finite), they roll back to where they started.
 Prior failures raise :class:`~ase_adapt.errors.PriorError` before any weight is touched.
 """
 
@@ -33,10 +34,17 @@ __all__ = ["TTTSettings", "TTTResult", "prior_head_for", "make_samples", "label_
 
 @dataclass(frozen=True)
 class TTTSettings:
-    """Paper defaults: SGD, momentum 0.9, weight decay 1e-3, lr 1e-4, up to a few hundred steps."""
+    """SGD with momentum 0.9 and weight decay 1e-3 as in the paper, but lr 3e-3 and up to 500 steps.
 
-    max_steps: int = 200
-    lr: float = 1e-4
+    The paper's lr 1e-4 over 200 steps moved the default model's prior loss on unseen molecules
+    by only 25-60 %, 20-70x short of the training-level stopping point. lr 3e-3 reaches that
+    point for GFN-FF in about 110 steps and lowers the prior loss on held-out prior-MD snapshots
+    5-17x. The choice used prior labels only, never reference labels of the test molecules
+    (``benchmarks/ttt_settings.py``).
+    """
+
+    max_steps: int = 500
+    lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
     blocks: int = 1               # train parameters before interaction block `blocks` (0-based)
@@ -205,13 +213,14 @@ def test_time_train(
         return model_loss(model, graph, targets, head, weights, create_graph=grad)[0]
 
     steps, reason = 0, "max steps"
-    best, stale = math.inf, 0
+    plateau_ref, stale = math.inf, 0
     try:
         loss = loss_now(True)
         before = float(loss.detach())
         if not math.isfinite(before):
             raise PriorError(f"the prior loss is not finite before TTT ({before}); not adapting")
         current = before
+        best_loss, best_params = before, None
         while True:
             if target is not None and current <= target:
                 reason = "reached the training-level prior loss"
@@ -227,21 +236,24 @@ def test_time_train(
             if not math.isfinite(current):
                 reason = "non-finite loss"
                 break
-            if current < best * (1.0 - s.min_improvement):
-                best, stale = current, 0
+            if current < best_loss:
+                best_loss, best_params = current, [p.detach().clone() for p in params]
+            if current < plateau_ref * (1.0 - s.min_improvement):
+                plateau_ref, stale = current, 0
             else:
                 stale += 1
                 if stale >= s.patience:
                     reason = "plateau"
                     break
-        after = current
-        rolled_back = not math.isfinite(after) or after > before
-        if rolled_back:
+        # keep the lowest-loss weights seen; none below the start means roll back
+        rolled_back = best_params is None and steps > 0
+        if steps > 0 and current != best_loss:
             with torch.no_grad():
-                for p, v in zip(params, start):
+                for p, v in zip(params, start if rolled_back else best_params):
                     p.copy_(v)
-            reason = f"rolled back ({reason}; loss {'rose' if math.isfinite(after) else 'not finite'})"
-            after = before
+        if rolled_back:
+            reason = f"rolled back ({reason}; loss {'rose' if math.isfinite(current) else 'not finite'})"
+        after = best_loss
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -70,6 +70,23 @@ def test_ttt_rolls_back_a_diverging_run(ready, system):
         assert torch.equal(v, before[k]), k
 
 
+def test_ttt_keeps_the_lowest_loss_weights_when_the_run_overshoots(ready, system):
+    """An lr large enough to oscillate: the weights kept are the best seen, and loss_after is their loss."""
+    from ase_adapt.graph import build_graph
+    from ase_adapt.train.losses import LossWeights, make_targets, model_loss
+    from ase_adapt.ttt import label_samples
+
+    s = TTTSettings(lr=0.5, max_steps=30, patience=10**6, stop_at_training_loss=False)
+    model = copy.deepcopy(ready)
+    r = test_time_train(model, system, toy_prior(), s, head="prior")
+    samples = make_samples(system, s)
+    targets = make_targets(label_samples(samples, toy_prior()), [len(a) for a in samples], model.dtype, model.device)
+    weights = LossWeights(**model.training_stats["prior_loss_weights"])
+    graph = build_graph(samples, model.cutoff, dtype=model.dtype, device=model.device)
+    kept = float(model_loss(model, graph, targets, "prior", weights)[0].detach())
+    assert kept == pytest.approx(r.loss_after, rel=1e-6)
+    assert r.loss_after <= r.loss_before
+
 def test_ttt_is_deterministic_on_cpu(ready, system):
     runs = []
     for _ in range(2):

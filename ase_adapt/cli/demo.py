@@ -39,7 +39,7 @@ class DemoSettings:
     temperature_K: float = 500.0
     timestep_fs: float = 0.5
     parity_frames: int = 20      # reference-MD frames on which forces are compared
-    ttt_steps: int = 200
+    ttt_steps: int = 500
     seed: int = 0
     out: str = "demo-output"
     plots: bool = True
@@ -175,6 +175,10 @@ def run(settings: DemoSettings) -> dict:
     mae["prior"] = float(np.abs(_forces_on(frames, prior) - parity["reference"]).mean()) * 1e3
     print(f"force MAE vs {s.reference} on {len(frames)} reference-MD frames: base {mae['base']:.0f}, "
           f"adaptive {mae['adaptive']:.0f}, prior {mae['prior']:.0f} meV/Å")
+    change = mae["adaptive"] / mae["base"] - 1.0
+    print(f"adaptation {'lowered' if change < 0 else 'raised'} the force error by {abs(change):.0%}"
+          + ("" if change < 0 else f": TTT pulls the model towards the prior ({s.prior}), which disagrees "
+             f"with {s.reference} here; a closer prior helps more (benchmarks/README.md, unseen_molecules.py)"))
 
     r_axis, h_ref = distance_histogram(md["reference"].positions)
     hr = {"r": r_axis, "reference": h_ref}
@@ -185,7 +189,7 @@ def run(settings: DemoSettings) -> dict:
     summary = {
         "settings": asdict(s), "molecule": atoms.get_chemical_formula(), "atoms": len(atoms),
         "shift": report.to_dict(), "check_seconds": check_s, "ttt": ttt.to_dict() if ttt else None,
-        "force_mae_mev_per_A": mae, "hr_mae": hr_err,
+        "force_mae_mev_per_A": mae, "force_mae_change": change, "hr_mae": hr_err,
         "md": {name: r.summary() for name, r in md.items()}, "plots": plots,
         "trajectories": [str(out / f"md_{name}.xyz") for name, _ in runs],
     }

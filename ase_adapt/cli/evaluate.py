@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-head", help="model head of the prior (default prior:<kind>)")
     p.add_argument("--unknown-elements", choices=["nearest", "error"], default="nearest",
                    help="unseen elements: map to the nearest known one (default) or refuse")
-    p.add_argument("--ttt-steps", type=int, help="maximum TTT steps (default 200)")
-    p.add_argument("--ttt-lr", type=float, help="TTT learning rate (default 1e-4)")
+    p.add_argument("--ttt-steps", type=int, help=f"maximum TTT steps (default {TTTSettings.max_steps})")
+    p.add_argument("--ttt-lr", type=float, help=f"TTT learning rate (default {TTTSettings.lr:g})")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
 
 
