@@ -37,9 +37,9 @@ class TTTSettings:
     """SGD with momentum 0.9 and weight decay 1e-3 as in the paper, but lr 3e-3 and up to 500 steps.
 
     The paper's lr 1e-4 over 200 steps moved the default model's prior loss on unseen molecules
-    by only 25-60 %, 20-70x short of the training-level stopping point. lr 3e-3 reaches that
+    by only 25-60 %, leaving it 7-53x above the training-level stopping point. lr 3e-3 reaches that
     point for GFN-FF in about 110 steps and lowers the prior loss on held-out prior-MD snapshots
-    5-17x. The choice used prior labels only, never reference labels of the test molecules
+    2-23x. The choice used prior labels only, never reference labels of the test molecules
     (``benchmarks/ttt_settings.py``).
     """
 
