@@ -70,15 +70,28 @@ def test_ttt_rolls_back_a_diverging_run(ready, system):
         assert torch.equal(v, before[k]), k
 
 
-def test_ttt_keeps_the_lowest_loss_weights_when_the_run_overshoots(ready, system):
+def test_ttt_keeps_the_lowest_loss_weights_when_the_run_overshoots(ready, system, monkeypatch):
     """An lr large enough to oscillate: the weights kept are the best seen, and loss_after is their loss."""
     from ase_adapt.graph import build_graph
     from ase_adapt.train.losses import LossWeights, make_targets, model_loss
     from ase_adapt.ttt import label_samples
 
+    import ase_adapt.ttt as ttt_module
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        out = model_loss(*args, **kwargs)
+        seen.append(float(out[0].detach()))
+        return out
+
     s = TTTSettings(lr=0.5, max_steps=30, patience=10**6, stop_at_training_loss=False)
     model = copy.deepcopy(ready)
+    monkeypatch.setattr(ttt_module, "model_loss", recording)
     r = test_time_train(model, system, toy_prior(), s, head="prior")
+    monkeypatch.undo()
+    assert seen[-1] > min(seen)  # the run did overshoot, so "best" and "last" differ
+    assert r.loss_after == min(seen)
     samples = make_samples(system, s)
     targets = make_targets(label_samples(samples, toy_prior()), [len(a) for a in samples], model.dtype, model.device)
     weights = LossWeights(**model.training_stats["prior_loss_weights"])

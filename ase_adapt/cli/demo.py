@@ -92,31 +92,29 @@ def _plots(out: Path, hr: dict, parity: dict) -> list[str]:
     from .._io import atomic_write
 
     written = []
+
+    def save(fig, ax, xlabel: str, ylabel: str, name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        atomic_write(out / name, lambda p: fig.savefig(p, format="png", dpi=120))
+        written.append(str(out / name))
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     r = hr["r"]
     for name, style in (("reference", "k-"), ("base", "r--"), ("adaptive", "b-")):
         if name in hr:
             ax.plot(r, hr[name], style, label=name, lw=1.2)
-    ax.set_xlabel("r / Å")
-    ax.set_ylabel("h(r)")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(out / "hr.png", lambda p: fig.savefig(p, format="png", dpi=120))
-    written.append(str(out / "hr.png"))
-    plt.close(fig)
+    save(fig, ax, "r / Å", "h(r)", "hr.png")
     fig, ax = plt.subplots(figsize=(4, 4))
     ref = parity["reference"].ravel()
     for name, color in (("base", "r"), ("adaptive", "b")):
         ax.scatter(ref, parity[name].ravel(), s=3, c=color, alpha=0.5, label=name)
     lim = float(np.abs(ref).max()) * 1.1
     ax.plot([-lim, lim], [-lim, lim], "k-", lw=0.8)
-    ax.set_xlabel("reference force / eV/Å")
-    ax.set_ylabel("model force / eV/Å")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(out / "parity.png", lambda p: fig.savefig(p, format="png", dpi=120))
-    written.append(str(out / "parity.png"))
-    plt.close(fig)
+    save(fig, ax, "reference force / eV/Å", "model force / eV/Å", "parity.png")
     return written
 
 
