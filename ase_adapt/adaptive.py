@@ -9,10 +9,17 @@ topology (covalent bonds) has changed by more than ``topology_threshold`` since 
 and optionally every ``every_n_steps`` calls. Ordinary MD steps only cost a bond comparison.
 Adapted weights are cached per system fingerprint (numbers + bond graph), so an MD run adapts
 once and a return to a known system is free; a new system always starts from the base weights.
+
+Who owns the weights: the calculator adapts a private deep copy of the model, made (and cast to
+the requested device/dtype) at construction. TTT steps, cached adapted weights and the base
+snapshot all live in that copy, so the user's model is never changed and two calculators on one
+model never see each other's adaptation. ``adapted_model()`` is the explicit export of the
+current adapted weights. A TTT that raises restores the base weights before the error leaves.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import json
@@ -29,14 +36,15 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import covalent_radii
 
 from . import _keys as K
-from .calculator import MLFFCalculator
+from .calculator import MLFFCalculator, is_out_of_memory
 from .elements import UnknownPolicy, check_elements
-from .errors import PriorError
-from .graph import neighbour_list
+from .errors import CalculationFailed, PriorError
 from .models.mlff import MLFF
 from .shift.detectors import DetectorSettings, ShiftReport, detect_shift
 from .shift.radius import RadiusSettings, refine_radius
-from .ttt import TTTResult, TTTSettings, label_samples, make_samples, prior_head_for, test_time_train
+from .adapt.samples import label_samples, make_samples
+from .adapt.topology import covalent_bonds
+from .ttt import TTTResult, TTTSettings, prior_head_for, test_time_train
 
 __all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]
 
@@ -57,15 +65,6 @@ class TriggerSettings:
     every_n_steps: int | None = None
 
 
-def _bonds(atoms: Atoms, factor: float) -> np.ndarray:
-    """Sorted unique covalent bonds (i < j) as a [M, 2] array (periodic images collapsed)."""
-    radii = covalent_radii[atoms.numbers]
-    i, j, _, d = neighbour_list(atoms, float(2 * radii.max() * factor) + 1e-6)
-    keep = (i < j) & (d < factor * (radii[i] + radii[j]))
-    pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0)
-    return pairs.reshape(-1, 2)
-
-
 class AdaptiveCalculator(MLFFCalculator):
     """A drop-in ASE calculator that adapts a TTT-ready model to shifted systems before answering.
 
@@ -80,7 +79,13 @@ class AdaptiveCalculator(MLFFCalculator):
     adapt: ``"shifted"`` (default), ``"always"`` or ``"never"``.
     prior_head: the head matching ``prior`` (default ``prior:<kind>``; a mismatch is refused).
     event_log: optional JSONL file; one line per check with what was detected and done.
+
+    ``self.model`` is the calculator's private copy of ``model`` (cast to ``device``/``dtype``),
+    which holds the adapted weights; the model passed in is never modified, and later changes to
+    it are not seen. Use :meth:`adapted_model` to export the adapted weights as a new model.
     """
+
+    private_model = True  # adaptation writes weights: never into the user's model
 
     def __init__(
         self,
@@ -147,7 +152,7 @@ class AdaptiveCalculator(MLFFCalculator):
         if n and self._calls - self._last_check >= n:
             self._force_next = True  # a periodic check runs afresh, not from the cache
             return True
-        bonds = _bonds(atoms, self.trigger.bond_factor)
+        bonds = covalent_bonds(atoms, self.trigger.bond_factor)
         ref = self._bonds_ref
         if bonds.shape == ref.shape and np.array_equal(bonds, ref):
             return False
@@ -169,13 +174,25 @@ class AdaptiveCalculator(MLFFCalculator):
 
     def fingerprint(self, atoms: Atoms, bonds: np.ndarray | None = None) -> str:
         """Numbers + covalent bond graph: what identifies 'the same system' for the cache."""
-        bonds = _bonds(atoms, self.trigger.bond_factor) if bonds is None else bonds
+        bonds = covalent_bonds(atoms, self.trigger.bond_factor) if bonds is None else bonds
         h = hashlib.sha256(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(bonds, dtype=np.int64).tobytes())
         h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ adaptation
+    def adapted_model(self) -> MLFF:
+        """A new, independent model (deep copy) with the weights currently adapted (and training_stats).
+
+        The explicit export of an adaptation: the calculator keeps adapting its own copy, and
+        changes to the returned model never reach the calculator. The refined graph radius is
+        not part of the weights; it is ``self.radius`` (None: the model's cutoff).
+        """
+        model = copy.deepcopy(self.model)
+        for p in model.parameters():
+            p.grad = None
+        return model
+
     def _set_weights(self, values: list[torch.Tensor]) -> None:
         with torch.no_grad():
             for p, v in zip(self._adapted, values):
@@ -204,7 +221,7 @@ class AdaptiveCalculator(MLFFCalculator):
         """
         t0 = time.perf_counter()
         fresh, self._force_next = fresh or self._force_next, False
-        bonds = _bonds(atoms, self.trigger.bond_factor)
+        bonds = covalent_bonds(atoms, self.trigger.bond_factor)
         self._bonds_ref, self._numbers_ref = bonds, atoms.numbers.copy()
         self._last_check = self._calls
         fp = self.fingerprint(atoms, bonds)
@@ -221,7 +238,7 @@ class AdaptiveCalculator(MLFFCalculator):
         self._set_weights(self._base)
         self.radius, self.ttt_result = None, None
         mapping = check_elements(atoms.numbers, self.model.elements, self.unknown_elements)
-        prior_error = None
+        prior_error = oom = None
         labels = None
         if self.prior is not None and (self.ttt or (self.detectors and self.detectors.force_norm)):
             try:  # the structure itself; rattled/MD samples only if TTT runs
@@ -244,15 +261,21 @@ class AdaptiveCalculator(MLFFCalculator):
             actions.append(f"radius {rr.radius:.2f} Å")
         if do_adapt and self.ttt and prior_error is None and labels is not None:
             try:
-                samples = make_samples(atoms, self.ttt, self.prior)  # samples[0] is the structure itself
-                labels = labels + label_samples(samples[1:], self.prior)
+                samples, labels = make_samples(atoms, self.ttt.sample_settings(), self.prior, labels=labels)
                 model_samples = [Atoms(numbers=mapping.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
                                  for a in samples]
                 self.ttt_result = test_time_train(self.model, atoms, self.prior, self.ttt, head=self.prior_head,
                                                   cutoff=self.radius, samples=model_samples, labels=labels)
-                actions.append("TTT rolled back" if self.ttt_result.rolled_back else f"TTT {self.ttt_result.steps} steps")
+                actions.append(f"TTT rolled back: {self.ttt_result.stop_reason}" if self.ttt_result.rolled_back
+                               else f"TTT {self.ttt_result.steps} steps")
             except PriorError as exc:
                 prior_error = str(exc)
+            except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
+                oom = self._ttt_failed(exc, event, report, t0)
+                if oom is None:
+                    raise
+        if oom is not None:  # raised outside the handler, so the failed TTT's tensors can be freed
+            raise CalculationFailed(oom)
         if prior_error is not None:
             actions.append("TTT skipped: prior failed")
             event["prior_error"] = prior_error
@@ -265,6 +288,24 @@ class AdaptiveCalculator(MLFFCalculator):
                      seconds=time.perf_counter() - t0)
         self._log(event)
         return report
+
+    def _ttt_failed(self, exc: BaseException, event: dict[str, Any], report: ShiftReport, t0: float) -> str | None:
+        """After a TTT that raised: base weights and radius back, an event saying why.
+
+        Returns the :class:`CalculationFailed` message if it was an out-of-memory error. The
+        failure is not cached; the next call on the same structure answers unadapted, and a later
+        check of the system (a new topology, ``every_n_steps``, ``check(fresh=True)``) tries again.
+        """
+        self._set_weights(self._base)  # test_time_train restored its start; this also covers sampling/labelling
+        self.radius, self.ttt_result, self.shift_report, self.results = None, None, report, {}
+        why = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+        event.update(action=f"TTT failed: {why}; base weights restored", shifted=report.shifted,
+                     reasons=report.reasons, report=report.to_dict(), ttt=None, seconds=time.perf_counter() - t0)
+        self._log(event)
+        if not is_out_of_memory(exc):
+            return None
+        return (f"out of memory during test-time training of a system of {event['n_atoms']} atoms "
+                f"({event['formula']}); the base weights were restored ({why})")
 
     # ------------------------------------------------------------------ ASE
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:

@@ -5,10 +5,18 @@ contract (class-level ``implemented_properties``, cache invalidated by any chang
 of the model's weights, results returned as float64 copies) and refuses to return numbers it
 cannot trust: unknown elements are rejected (or mapped, by explicit policy) before any compute,
 and NaN/inf, overlapping atoms or an out-of-memory error raise :class:`CalculationFailed`.
+
+Who owns the weights: the plain calculator never changes the model it is given. When no dtype or
+device cast is needed it evaluates the user's model itself (no ``.eval()``: an MLFF's forward does
+not depend on the train/eval flag), so it follows later weight updates by the user, which the
+``weights_token`` cache key detects. A cast, or a model holding mode-dependent layers (dropout,
+batch norm) in training mode, makes it evaluate a private copy instead.
+:class:`~ase_adapt.adaptive.AdaptiveCalculator` always evaluates (and adapts) a private copy.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,29 @@ from .graph import AtomicGraph, build_graph
 from .models.mlff import MLFF
 
 INFO_KEYS = ("charge", "spin")  # atoms.info entries that change the physical system
+_MODE_DEPENDENT = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocator failure (torch's OutOfMemoryError, or its RuntimeError messages)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _mode_matters(model: torch.nn.Module) -> bool:
+    """True if evaluating ``model`` as it is would run layers in their training behaviour."""
+    return any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules())
+
+
+def _needs_cast(model: MLFF, device: torch.device | None, dtype: torch.dtype | None) -> bool:
+    if dtype is not None and dtype != model.dtype:
+        return True
+    if device is None:
+        return False
+    current = model.device
+    return device.type != current.type or (device.index is not None and device.index != current.index)
 
 
 class MLFFCalculator(Calculator):
@@ -39,10 +70,15 @@ class MLFFCalculator(Calculator):
     unknown_elements: ``"error"`` (default) raises before any compute; ``"nearest"`` maps each
         unknown element to the closest known one, warns, and records it in ``species_mapping``.
     min_distance: atoms closer than this (Å) raise :class:`CalculationFailed`.
+
+    ``self.model`` is the module evaluated: the user's own model when no cast is needed (shared,
+    never modified by the calculator), otherwise a private cast copy (see the module docstring).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     default_parameters: dict[str, Any] = {}
+    #: Always evaluate a private copy of the model, even when no cast is needed (AdaptiveCalculator).
+    private_model: bool = False
 
     def __init__(
         self,
@@ -55,13 +91,14 @@ class MLFFCalculator(Calculator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(model, MLFF):
+        owned = not isinstance(model, MLFF)
+        if owned:
             from .checkpoint import load_model
 
             model = load_model(model)
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = self._take_model(model, torch.device(device) if device is not None else None, dtype, owned)
         if head not in self.model.heads:
             raise KeyError(f"model has no head {head!r}; heads: {self.model.head_names}")
         if unknown_elements not in ("error", "nearest"):
@@ -71,6 +108,17 @@ class MLFFCalculator(Calculator):
         self.min_distance = float(min_distance)
         self.species_mapping: SpeciesMapping | None = None
         self._token: tuple | None = None
+
+    def _take_model(self, model: MLFF, device: torch.device | None, dtype: torch.dtype | None,
+                    owned: bool) -> MLFF:
+        """The module to evaluate; the user's model object is never cast, re-moded or written to."""
+        if not owned:
+            if not (self.private_model or _needs_cast(model, device, dtype) or _mode_matters(model)):
+                return model  # shared: later weight updates by the user are seen (weights_token)
+            model = copy.deepcopy(model)
+            for p in model.parameters():
+                p.grad = None  # the user's gradients are not ours
+        return model.to(device=device, dtype=dtype).eval()
 
     # ------------------------------------------------------------------ ASE cache contract
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
@@ -105,10 +153,16 @@ class MLFFCalculator(Calculator):
         """Run the model on a single-structure graph and return ASE-style float64 results."""
         try:
             out = self.model(graph, head or self.head)
-        except torch.cuda.OutOfMemoryError:
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = f"{type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            oom = None
+        if oom is not None:  # raised outside the handler, so the failed graph's tensors are freed
             raise CalculationFailed(
-                f"out of GPU memory for a system of {graph.num_nodes} atoms and {graph.num_edges} edges"
-            ) from None
+                f"out of memory for a system of {graph.num_nodes} atoms and {graph.num_edges} edges ({oom})"
+            )
         results: dict[str, np.ndarray | float] = {}
         energy = float(out[K.ENERGY].detach()[0])
         results["energy"] = results["free_energy"] = energy

@@ -10,7 +10,6 @@ evaluated label ever reaches the prior.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -85,7 +84,6 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
     _same_molecule(frames)
     e_ref = np.array([get_label(a, s.energy_key, k) for k, a in enumerate(frames)])
     f_ref = [get_label(a, s.forces_key, k) for k, a in enumerate(frames)]
-    model = copy.deepcopy(model)  # adaptation never touches the caller's model
     out: dict[str, Any] = {"n_frames_total": len(frames), "settings": {
         "prior": s.prior, "ttt": s.ttt, "rr": s.rr, "sgdml_prior_frames": s.sgdml_prior_frames,
         "unknown_elements": s.unknown_elements}}
@@ -110,7 +108,7 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
             prior = make_prior(s.prior)
         adapt = s.ttt or s.rr
         has_stats = bool(model.training_stats) and "spectrum_mean" in model.training_stats
-        calc = AdaptiveCalculator(
+        calc = AdaptiveCalculator(  # adapts a private copy: the caller's model is never touched
             model, prior, head=s.head, detectors=has_stats, radius_refinement=s.rr,
             ttt=s.ttt_settings if s.ttt else False, adapt="always" if adapt else "never",
             prior_head=s.prior_head, unknown_elements=s.unknown_elements,

@@ -3,13 +3,18 @@
     python benchmarks/data.py                        # full run -> benchmarks/data/ (rerun after a kill: resumes)
     python benchmarks/data.py --quick                # smoke run -> benchmarks/data_quick/
     python benchmarks/data.py --molecules benzene toluene path/to/other.xyz
+    python benchmarks/data.py --molecules pyridine furan acetone styrene indole methyl_acetate \
+        fluorobenzene trimethyl_phosphate           # the validation molecules (300 frames each)
     python benchmarks/data.py --estimate             # time the calls, estimate a full run; generates nothing
 
 Protocol (DESIGN.md, "Benchmark protocol"; GFN2-xTB stands in for DFT as the reference level):
-  molecules    training aspirin, benzene, uracil; unseen test molecules naphthalene, toluene.
-               Starting geometries are bundled in benchmarks/molecules/<name>.xyz (GFN2-xTB minima;
-               each file's comment line says how it was made). Any other molecule can be given as
-               an xyz path; it is treated as a test molecule and its geometry is used as given.
+  molecules    training aspirin, benzene, uracil; unseen test molecules naphthalene, toluene;
+               validation molecules (for choices, never training; run only when named) pyridine, furan,
+               acetone, styrene, indole, methyl_acetate, fluorobenzene, trimethyl_phosphate. Starting
+               geometries are bundled in benchmarks/molecules/<name>.xyz (GFN2-xTB minima, made by
+               benchmarks/make_geometry.py or as each file's comment line says). Any other molecule can
+               be given as an xyz path; it is treated as a test molecule and its geometry is used as given.
+               Test and validation molecules get the same frames and labels (no sGDML).
   MD           GFN2-xTB (tblite, 1 thread) Langevin NVT at 500 K, 0.5 fs, friction 0.01 /fs, centre of
                mass fixed (ase FixCom), Maxwell-Boltzmann start (no net momentum or rotation); EQUIL
                steps of equilibration, then one frame every STRIDE steps. Each molecule has its own
@@ -53,9 +58,12 @@ from _data_md import MDFailure, MDRun, MDState, bonds_changed, label_stats, log,
 NAME = "data"
 TRAIN = ("aspirin", "benzene", "uracil")
 TEST = ("naphthalene", "toluene")
+VALIDATION = ("pyridine", "furan", "acetone", "styrene", "indole", "methyl_acetate", "fluorobenzene",
+              "trimethyl_phosphate")  # shared/molecules.md; not in the default run
+BUNDLED = TRAIN + TEST + VALIDATION
 MOLECULE_DIR = BENCH_DIR / "molecules"
 ISOLATED_ELEMENTS = ("H", "C", "N", "O")
-HUND_MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}  # recorded for comparison only
+HUND_MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3, "F": 2, "P": 4}  # recorded for comparison only
 REFERENCE = "gfn2-xtb"
 FF, FF_PREFIX = "gfn-ff", "prior_gfn-ff"
 SGDML_PREFIX = "prior_sgdml"
@@ -87,7 +95,7 @@ QUICK = Settings(train_frames=12, test_frames=6, equil=10, stride=2, sgdml_frame
 @dataclasses.dataclass
 class Molecule:
     name: str
-    role: str  # "train" (with sGDML labels) or "test"
+    role: str  # "train" (with sGDML labels), "validation" or "test"
     path: Path
     atoms: Any
 
@@ -110,14 +118,15 @@ def resolve_molecule(spec: str) -> Molecule:
     from ase import Atoms
     from ase.io import read
 
-    if spec in TRAIN + TEST:
-        path, name, role = MOLECULE_DIR / f"{spec}.xyz", spec, "train" if spec in TRAIN else "test"
+    if spec in BUNDLED:
+        path, name = MOLECULE_DIR / f"{spec}.xyz", spec
+        role = "train" if spec in TRAIN else "validation" if spec in VALIDATION else "test"
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise SystemExit(f"unknown molecule {spec!r}: not one of {', '.join(TRAIN + TEST)} nor an xyz file")
+            raise SystemExit(f"unknown molecule {spec!r}: not one of {', '.join(BUNDLED)} nor an xyz file")
         name, role = path.stem, "test"
-        if name in TRAIN + TEST or name in ("isolated_atoms", "manifest", "estimate"):
+        if name in BUNDLED or name in ("isolated_atoms", "manifest", "estimate"):
             raise SystemExit(f"{path}: its name {name!r} is taken (bundled molecule or output); rename the file")
     try:
         first = read(str(path), index=0)
@@ -440,13 +449,14 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--molecules", nargs="+", metavar="NAME|XYZ", help=f"default: {' '.join(TRAIN + TEST)}")
+    p.add_argument("--molecules", nargs="+", metavar="NAME|XYZ",
+                   help=f"default: {' '.join(TRAIN + TEST)}; validation (only when named): {' '.join(VALIDATION)}")
     p.add_argument("--molecule", action="append", default=[], metavar="XYZ", help="an extra molecule file (repeatable)")
     p.add_argument("--out", type=Path, help="output folder (default benchmarks/data, --quick: benchmarks/data_quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few frames and steps")
     p.add_argument("--estimate", action="store_true", help="time the calls and estimate a full run; no data")
     p.add_argument("--frames", type=int, help="frames per training molecule (default 2000)")
-    p.add_argument("--test-frames", type=int, help="frames per test molecule (default 300)")
+    p.add_argument("--test-frames", type=int, help="frames per test or validation molecule (default 300)")
     for name, typ in (("equil", int), ("stride", int), ("temperature-K", float), ("timestep-fs", float),
                       ("friction-per-fs", float), ("seed", int), ("sgdml-frames", int), ("checkpoint-every", int),
                       ("threads", int)):

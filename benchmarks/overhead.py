@@ -125,8 +125,8 @@ def ttt_time(model, max_steps: int) -> dict:
     from ase_adapt.ttt import TTTSettings, test_time_train
 
     m = copy.deepcopy(model)
-    r = test_time_train(m, _twenty_atoms(), toy_prior(), TTTSettings(max_steps=max_steps, patience=10**6,
-                                                                       stop_at_training_loss=False), head="prior")
+    r = test_time_train(m, _twenty_atoms(), toy_prior(), TTTSettings(max_steps=max_steps, patience=10**6),
+                        head="prior")
     return r.to_dict()
 
 

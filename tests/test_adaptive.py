@@ -22,7 +22,7 @@ from ase_adapt.testing import toy_frames, toy_prior
 from ase_adapt.train import OptimSettings, TrainSettings, train_model
 from ase_adapt.ttt import TTTSettings
 
-FAST_TTT = TTTSettings(lr=1e-2, max_steps=30, stop_at_training_loss=False)
+FAST_TTT = TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=None)  # mechanics; the guard is tested apart
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,15 @@ def test_bond_flicker_does_not_retrigger_but_a_broken_bond_does(ready):
     atoms.positions[h] += direction * (0.6 * d0)  # far past 1.5x: broken
     atoms.get_potential_energy()
     assert len(calc.events) == 2
+
+
+def test_a_guard_rollback_is_visible_and_the_unadapted_answer_returned(ready):
+    from ase_adapt.adapt import GuardSettings
+
+    atoms = _far_from_training()
+    plain = MLFFCalculator(copy.deepcopy(ready)).get_potential_energy(atoms.copy())
+    strict = TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=GuardSettings(max_move_ratio=1e-9))
+    calc = _calc(ready, ttt=strict)
+    assert calc.get_potential_energy(atoms) == pytest.approx(plain, abs=1e-9)
+    assert calc.ttt_result.rolled_back and calc.ttt_result.guard["accepted"] is False
+    assert "rolled back by the guard" in calc.events[-1]["action"] and "jumped" in calc.events[-1]["action"]

@@ -158,6 +158,13 @@ def test_other_settings_are_refused(baseline, tmp_path):
         _run(tmp_path, settings=other)  # a finished output of another run
 
 
+def test_validation_molecules_are_bundled():
+    mols = [bench.resolve_molecule(name) for name in bench.VALIDATION]
+    assert [m.role for m in mols] == ["validation"] * 8
+    assert {s for m in mols for s in m.atoms.get_chemical_symbols()} == {"H", "C", "N", "O", "F", "P"}
+    assert bench.molecule_settings(mols[0], SETTINGS, {})["n_frames"] == SETTINGS.test_frames
+
+
 def test_cli_quick_run(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--molecules", "benzene", "--frames", "4",
                         "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=120)

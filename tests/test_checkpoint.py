@@ -166,7 +166,7 @@ def test_float32_checkpoint_loads_as_float64_and_back(model32, tmp_path, suffix)
 def test_cast_model_round_trips_in_its_current_dtype(model32, tmp_path):
     """A float32-built model cast to float64 (e.g. by the calculator) saves and reloads as float64."""
     calc = MLFFCalculator(model32, dtype="float64")
-    assert model32.dtype == torch.float64
+    assert model32.dtype == torch.float32 and calc.model.dtype == torch.float64  # the user's model is not cast
     expected = _predict(calc.model)
     loaded = load_model(save_model(calc.model, tmp_path / "cast.safetensors"))
     assert loaded.dtype == torch.float64

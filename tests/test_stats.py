@@ -104,7 +104,8 @@ def test_statistics_have_the_values_computed_by_hand(make_model, frames) -> None
     assert stats["prior_loss"]["prior"] == pytest.approx(
         single_batch_loss(model, frames, "prior", "prior_energy", "prior_forces", w), rel=1e-10)
     assert stats["main_loss"] == pytest.approx(single_batch_loss(model, frames, "main", "energy", "forces", w), rel=1e-10)
-    assert stats["prior_loss_weights"] == {"energy": 1.0, "forces": 10.0, "stress": 0.0, "kind": "mse", "huber_delta": 0.01}
+    assert stats["prior_loss_weights"] == {"energy": 1.0, "forces": 10.0, "stress": 0.0, "kind": "mse", "huber_delta": 0.01,
+                                           "energy_offset": False}
 
 
 def test_huber_pooling_matches_a_single_batch(make_model, frames) -> None:

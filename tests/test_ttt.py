@@ -13,7 +13,8 @@ import ase_adapt
 from ase_adapt.errors import PriorError
 from ase_adapt.testing import toy_frames, toy_prior
 from ase_adapt.train import OptimSettings, TrainSettings, train_model
-from ase_adapt.ttt import TTTSettings, make_samples, prior_head_for, test_time_train
+from ase_adapt.adapt import GuardSettings, check_adaptation, make_samples
+from ase_adapt.ttt import TTTSettings, prior_head_for, test_time_train
 
 
 @pytest.fixture(scope="module")
@@ -40,74 +41,132 @@ def _same(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+NO_GUARD = dict(guard=None, md_steps=0)  # the step mechanics alone; the guard has its own tests
+
+
 def test_ttt_lowers_the_prior_loss_and_moves_only_early_parameters(ready, system):
     model = copy.deepcopy(ready)
     early_ids = {id(p) for p in model.parameters_before(1)}
     late = _clone([p for p in model.parameters() if id(p) not in early_ids])
     early = _clone(model.parameters_before(1))
-    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, stop_at_training_loss=False), head="prior")
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, **NO_GUARD), head="prior")
     assert r.loss_after < 0.9 * r.loss_before and not r.rolled_back and r.steps > 0
+    assert r.n_samples == 5 and r.n_holdout == 1
     assert not _same(model.parameters_before(1), early)
     assert _same([p for p in model.parameters() if id(p) not in early_ids], late)
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
-def test_ttt_stops_at_the_training_level_prior_loss(ready, system):
-    model = copy.deepcopy(ready)
-    target = model.training_stats["prior_loss"]["prior"]
-    assert target > 0
-    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, target_factor=1e6), head="prior")
-    assert r.steps == 0 and "training-level" in r.stop_reason and r.target == pytest.approx(target * 1e6)
-
-
 def test_ttt_rolls_back_a_diverging_run(ready, system):
     model = copy.deepcopy(ready)
     before = copy.deepcopy(model.state_dict())
-    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e4, max_steps=20, stop_at_training_loss=False),
-                        head="prior")
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e4, max_steps=20, **NO_GUARD), head="prior")
     assert r.rolled_back and "rolled back" in r.stop_reason and r.loss_after == r.loss_before
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
-def test_ttt_keeps_the_lowest_loss_weights_when_the_run_overshoots(ready, system, monkeypatch):
-    """An lr large enough to oscillate: the weights kept are the best seen, and loss_after is their loss."""
-    from ase_adapt.graph import build_graph
-    from ase_adapt.train.losses import LossWeights, make_targets, model_loss
-    from ase_adapt.ttt import label_samples
-
+def test_ttt_keeps_the_weights_with_the_lowest_held_out_loss(ready, system, monkeypatch):
+    """Selection is on the held-out samples, never on the ones being fitted: the weights kept
+    are those of the lowest held-out loss seen, even when the fitted loss went on falling."""
     import ase_adapt.ttt as ttt_module
+    from ase_adapt.adapt.samples import make_samples
+    from ase_adapt.graph import build_graph
+    from ase_adapt.train.losses import make_targets, model_loss
+    from ase_adapt.ttt import _split, ttt_loss_weights
 
-    seen = []
+    held, fitted = [], []
 
     def recording(*args, **kwargs):
         out = model_loss(*args, **kwargs)
-        seen.append(float(out[0].detach()))
+        (fitted if kwargs.get("create_graph") else held).append(float(out[0].detach()))
         return out
 
-    s = TTTSettings(lr=0.5, max_steps=30, patience=10**6, stop_at_training_loss=False)
+    s = TTTSettings(lr=1.0, max_steps=60, eval_every=2, patience=10**6, n_rattled=11, **NO_GUARD)
     model = copy.deepcopy(ready)
     monkeypatch.setattr(ttt_module, "model_loss", recording)
     r = test_time_train(model, system, toy_prior(), s, head="prior")
     monkeypatch.undo()
-    assert seen[-1] > min(seen)  # the run did overshoot, so "best" and "last" differ
-    assert r.loss_after == min(seen)
-    samples = make_samples(system, s)
-    targets = make_targets(label_samples(samples, toy_prior()), [len(a) for a in samples], model.dtype, model.device)
-    weights = LossWeights(**model.training_stats["prior_loss_weights"])
-    graph = build_graph(samples, model.cutoff, dtype=model.dtype, device=model.device)
-    kept = float(model_loss(model, graph, targets, "prior", weights)[0].detach())
+    assert held[-1] > min(held)  # the run did overshoot on the held-out samples
+    assert r.loss_after == min(held) and r.loss_before == held[0] and r.n_holdout == 3
+    samples, labels = make_samples(system, s.sample_settings(), toy_prior())
+    _, hold = _split(len(samples), s.holdout_fraction, np.random.default_rng(s.seed))
+    graph = build_graph([samples[i] for i in hold], model.cutoff, dtype=model.dtype)
+    targets = make_targets([labels[i] for i in hold], [len(system)] * len(hold), model.dtype)
+    kept = float(model_loss(model, graph, targets, "prior", ttt_loss_weights(model, s))[0])
     assert kept == pytest.approx(r.loss_after, rel=1e-6)
-    assert r.loss_after <= r.loss_before
+
+
+def test_the_objective_has_no_energy_zero(ready, system):
+    """A prior whose energies sit 50 eV away (a per-molecule sGDML model) adapts exactly as the
+    same prior without the offset; with an absolute energy loss it would not."""
+    runs = {}
+    for shift in (0.0, 50.0):
+        for offset in (True, False):
+            model = copy.deepcopy(ready)
+            r = test_time_train(model, system, _Shifted(shift), TTTSettings(lr=1e-2, max_steps=20, energy_offset=offset,
+                                                                             **NO_GUARD), head="prior")
+            runs[shift, offset] = (r.loss_before, _clone(model.parameters_before(1)))
+    assert runs[0.0, True][0] == pytest.approx(runs[50.0, True][0], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0.0, True][1], runs[50.0, True][1]))
+    assert runs[50.0, False][0] > 100 * runs[0.0, False][0]
+
 
 def test_ttt_is_deterministic_on_cpu(ready, system):
     runs = []
     for _ in range(2):
         model = copy.deepcopy(ready)
-        test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=15, stop_at_training_loss=False),
-                        head="prior")
+        test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=15, **NO_GUARD), head="prior")
         runs.append(_clone(model.parameters()))
     assert _same(*runs)
+
+
+def test_the_guard_rolls_back_and_says_why(ready, system):
+    model = copy.deepcopy(ready)
+    before = _clone(model.parameters())
+    strict = GuardSettings(max_move_ratio=1e-9)  # any movement of the main head is "a jump"
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, md_steps=0, guard=strict), head="prior")
+    assert r.rolled_back and r.steps > 0 and "guard" in r.stop_reason and "jumped" in r.stop_reason
+    assert r.guard["accepted"] is False and r.guard["move_ratio"] > 0
+    assert _same(model.parameters(), before)
+    lenient = GuardSettings(max_prior_loss_ratio=1.0, max_prior_distance_ratio=1e9, max_move_ratio=1e9)
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, md_steps=0, guard=lenient), head="prior")
+    assert not r.rolled_back and r.guard["accepted"] is True
+
+
+def test_guard_decisions():
+    f_prior = np.zeros((4, 3))
+    main = np.full((4, 3), 0.5)  # the unadapted main head: 0.5 eV/Å from the prior everywhere
+    ok = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.5,
+                          main_before=main, main_after=0.8 * main, prior_forces=f_prior)
+    assert ok.accepted and ok.prior_distance_ratio == pytest.approx(0.8)
+    no_gain = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.99,
+                               main_before=main, main_after=0.8 * main, prior_forces=f_prior)
+    assert not no_gain.accepted and "prior loss" in no_gain.reasons[0]
+    away = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.5,
+                            main_before=main, main_after=1.2 * main, prior_forces=f_prior)
+    assert not away.accepted and "away from the prior" in away.reasons[0]
+    blowup = main.copy()
+    blowup[0] = [-5.0, 5.0, 0.0]  # one atom's force flips and grows 10x: the 8.5x blow-up kind
+    jump = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.2,
+                            main_before=main, main_after=blowup, prior_forces=f_prior)
+    assert not jump.accepted and any("jumped" in x for x in jump.reasons)
+
+
+class _Shifted(Calculator):
+    """The toy prior with every energy shifted by a constant (no shared energy zero)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift, self.inner = shift, toy_prior()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.inner
+        self.results = {"energy": a.get_potential_energy() + self.shift, "forces": a.get_forces()}
 
 
 class _Broken(Calculator):
@@ -140,9 +199,34 @@ def test_prior_head_matching_refuses_unknown_priors(ready):
 
 
 def test_samples_are_seeded_and_include_the_structure(system):
-    s = TTTSettings(n_rattled=3, seed=5)
-    a, b = make_samples(system, s), make_samples(system, s)
-    assert len(a) == 4 and np.array_equal(a[0].positions, system.positions)
+    s = TTTSettings(n_rattled=3, md_steps=0, seed=5).sample_settings()
+    (a, la), (b, _) = make_samples(system, s, toy_prior()), make_samples(system, s, toy_prior())
+    assert len(a) == len(la) == 4 and np.array_equal(a[0].positions, system.positions)
     assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b))
-    md = make_samples(system, TTTSettings(n_rattled=0, md_steps=10, md_stride=5), toy_prior())
-    assert len(md) == 3
+
+
+def test_md_snapshots_carry_the_prior_labels_of_their_own_step():
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    water = molecule("H2O")
+    s = TTTSettings(n_rattled=0, md_steps=20, md_stride=5, md_temperature=300.0).sample_settings()
+    samples, labels = make_samples(water, s, EMT())
+    assert len(samples) == 5  # the structure and 4 snapshots
+    for a, lab in zip(samples, labels):
+        b = a.copy()
+        b.calc = EMT()
+        assert lab["energy"] == pytest.approx(b.get_potential_energy(), abs=1e-10)
+        assert np.allclose(lab["forces"], b.get_forces(), atol=1e-10)
+
+
+def test_md_stops_when_the_prior_breaks_the_molecule():
+    """A prior that cannot hold a molecule (a purely repulsive one here) never turns broken
+    structures into targets: the MD ends at the first snapshot whose bonds changed."""
+    from ase.build import molecule
+    from ase.calculators.lj import LennardJones
+
+    repulsive = LennardJones(sigma=2.0, epsilon=1.0, rc=6.0)
+    s = TTTSettings(n_rattled=0, md_steps=200, md_stride=5, md_temperature=300.0).sample_settings()
+    samples, _ = make_samples(molecule("H2O"), s, repulsive)
+    assert 1 <= len(samples) < 41

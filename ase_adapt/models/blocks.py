@@ -7,6 +7,7 @@ assert compatibility when it is assembled.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from e3nn import o3
@@ -147,23 +148,34 @@ class InteractionBlock(nn.Module):
 
 
 class EnergyHead(nn.Module):
-    """Readout: final scalar features -> per-atom energy, with per-element scale and E0.
+    """A head: its own interaction blocks (optional), then a readout to per-atom energies.
 
-    E_i = E0[s_i] + scale[s_i] * (MLP(h_i) - MLP(h_iso[s_i]))
+    E_i = E0[s_i] + scale[s_i] * (MLP(g_i) - MLP(g_iso[s_i])),   g = blocks(h)
 
-    ``h_iso`` are the features of an isolated atom, so an atom without neighbours returns exactly
-    its E0 (the E0 is never learnt, never subtracted twice). E0s are float64 reference energies
-    kept outside the state dict (they live in the checkpoint's JSON config) so that a float32
-    model does not round them.
+    ``h`` are the shared representation's features. A *deep* head owns the interaction blocks
+    after the shared ones (the seed paper's split: only the embedding and the first block are
+    shared and adapted at test time; each task owns the rest), so a prior head can follow its
+    prior on a new molecule and the main head keeps its own late features. Without blocks the
+    head is a readout on the shared features. ``g_iso`` are the features of an isolated atom, so
+    an atom without neighbours returns exactly its E0 (never learnt, never subtracted twice).
+    E0s are float64 reference energies kept outside the state dict (they live in the
+    checkpoint's JSON config) so that a float32 model does not round them.
     """
 
-    def __init__(self, irreps_in: o3.Irreps | str, num_species: int, hidden: int = 16) -> None:
+    def __init__(self, irreps_in: o3.Irreps | str, num_species: int, hidden: int = 16,
+                 blocks: "Sequence[InteractionBlock]" = ()) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
-        if self.irreps_in.lmax != 0:
-            raise ValueError(f"an energy head reads scalars only, got irreps {self.irreps_in}")
+        irreps = self.irreps_in
+        for k, block in enumerate(blocks):
+            if block.irreps_in != irreps:
+                raise ValueError(f"head block {k} expects {block.irreps_in}, receives {irreps}")
+            irreps = block.irreps_out
+        if irreps.lmax != 0:
+            raise ValueError(f"an energy readout reads scalars only, got irreps {irreps}")
+        self.blocks = nn.ModuleList(blocks)
         self.irreps_out = o3.Irreps("0e")
-        self.mlp = FullyConnectedNet([self.irreps_in.dim, hidden, 1], torch.nn.functional.silu)
+        self.mlp = FullyConnectedNet([irreps.dim, hidden, 1], torch.nn.functional.silu)
         self.register_buffer("scale", torch.ones(num_species, dtype=torch.get_default_dtype()))
         self.e0 = [0.0] * num_species
         self._e0_cache: dict[torch.device, torch.Tensor] = {}
@@ -179,7 +191,14 @@ class EnergyHead(nn.Module):
             self._e0_cache[device] = torch.tensor(self.e0, dtype=torch.float64, device=device)
         return self._e0_cache[device]
 
+    def features(self, h: torch.Tensor, node_attrs: torch.Tensor, edge_sh: torch.Tensor,
+                 edge_radial: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """The head's own message passing on the shared features (identity without blocks)."""
+        for block in self.blocks:
+            h = block(h, node_attrs, edge_sh, edge_radial, edge_index)
+        return h
+
     def interaction_energy(self, h: torch.Tensor, h_iso: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """Per-atom energy without E0 (model dtype): zero for an isolated atom."""
+        """Per-atom energy without E0 (model dtype) from the head's final features: zero when isolated."""
         raw = self.mlp(h).squeeze(-1) - self.mlp(h_iso).squeeze(-1)[species]
         return self.scale[species] * raw

@@ -29,6 +29,7 @@ class ModelConfig:
     channels: int = 32
     l_max: int = 1
     num_layers: int = 3
+    head_layers: int = 0          # of num_layers, the last head_layers blocks are owned by each head
     num_bessel: int = 8
     envelope_p: int = 6
     radial_hidden: int = 32
@@ -48,6 +49,9 @@ class ModelConfig:
         for name in ("channels", "num_layers", "num_bessel", "radial_hidden", "head_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.head_layers < self.num_layers:
+            raise ValueError(f"head_layers must be in [0, num_layers) = [0, {self.num_layers}), got {self.head_layers}"
+                             " (at least one interaction block is shared)")
         if self.l_max < 0 or self.cutoff <= 0 or self.avg_num_neighbors <= 0:
             raise ValueError("l_max must be >= 0; cutoff and avg_num_neighbors > 0")
 
@@ -81,8 +85,28 @@ class ModelConfig:
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
 
+    @property
+    def shared_layers(self) -> int:
+        return self.num_layers - self.head_layers
+
     def hidden_irreps(self) -> o3.Irreps:
         return o3.Irreps([(self.channels, (l, (-1) ** l)) for l in range(self.l_max + 1)])
+
+    def layer_irreps(self, layer: int) -> o3.Irreps:
+        """Output irreps of interaction layer ``layer`` along one path (the last one gives scalars)."""
+        return o3.Irreps(f"{self.channels}x0e") if layer == self.num_layers - 1 else self.hidden_irreps()
+
+    def interaction(self, layer: int) -> InteractionBlock:
+        """A freshly initialised interaction block for position ``layer`` (uses the global RNG)."""
+        irreps_in = o3.Irreps(f"{self.channels}x0e") if layer == 0 else self.layer_irreps(layer - 1)
+        return InteractionBlock(irreps_in, o3.Irreps.spherical_harmonics(self.l_max), self.layer_irreps(layer),
+                                len(self.elements), self.num_bessel, self.radial_hidden, self.avg_num_neighbors)
+
+    def head(self, hidden: int | None = None) -> EnergyHead:
+        """A freshly initialised head: its own blocks (``head_layers``) and readout (uses the global RNG)."""
+        blocks = [self.interaction(k) for k in range(self.shared_layers, self.num_layers)]
+        return EnergyHead(self.layer_irreps(self.shared_layers - 1), len(self.elements),
+                          hidden or self.head_hidden, blocks)
 
 
 def build_model(config: ModelConfig | None = None, **overrides: Any) -> MLFF:
@@ -92,23 +116,12 @@ def build_model(config: ModelConfig | None = None, **overrides: Any) -> MLFF:
     Initialisation is seeded by ``config.seed`` and leaves the global RNG untouched.
     """
     config = dataclasses.replace(config or ModelConfig(), **overrides)
-    n = len(config.elements)
     irreps_sh = o3.Irreps.spherical_harmonics(config.l_max)
-    hidden = config.hidden_irreps()
-    scalars = o3.Irreps(f"{config.channels}x0e")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        embedding = SpeciesEmbedding(n, config.channels)
-        interactions = []
-        irreps_in = embedding.irreps_out
-        for layer in range(config.num_layers):
-            irreps_out = scalars if layer == config.num_layers - 1 else hidden
-            interactions.append(InteractionBlock(
-                irreps_in, irreps_sh, irreps_out, n, config.num_bessel,
-                config.radial_hidden, config.avg_num_neighbors,
-            ))
-            irreps_in = irreps_out
-        heads = {h: EnergyHead(scalars, n, config.head_hidden) for h in config.heads}
+        embedding = SpeciesEmbedding(len(config.elements), config.channels)
+        interactions = [config.interaction(k) for k in range(config.shared_layers)]
+        heads = {h: config.head() for h in config.heads}
         model = MLFF(
             elements=config.elements,
             cutoff=config.cutoff,
@@ -123,11 +136,11 @@ def build_model(config: ModelConfig | None = None, **overrides: Any) -> MLFF:
 
 
 def new_head(model: MLFF, name: str, hidden: int | None = None) -> EnergyHead:
-    """Create and attach a fresh head (same dtype/device as the model) named ``name``."""
-    hidden = hidden or int(model.config.get("head_hidden", 16))
+    """Create and attach a fresh head (same architecture, dtype and device as the model's) named ``name``."""
+    config = ModelConfig.from_dict({**model.config, "heads": (name,)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(model.config.get("seed", 0)) + len(model.heads) + 1)
-        head = EnergyHead(model.irreps_features, len(model.elements), hidden)
+        head = config.head(hidden or int(model.config.get("head_hidden", 16)))
     head = head.to(device=model.device, dtype=model.dtype)
     model.add_head(name, head)
     return head

@@ -101,10 +101,17 @@ class MLFF(nn.Module):
         return self.radial.freqs.device
 
     def representation_blocks(self) -> list[tuple[str, nn.Module]]:
-        """Representation modules ordered by depth: embedding, interactions.0, interactions.1..."""
+        """Shared representation modules ordered by depth: embedding, interactions.0, interactions.1...
+
+        Blocks owned by deep heads are not part of the representation: they belong to the head.
+        """
         return [("embedding", self.embedding)] + [
             (f"interactions.{k}", b) for k, b in enumerate(self.interactions)
         ]
+
+    def interaction_blocks(self) -> list[InteractionBlock]:
+        """Every interaction block: the shared ones, then each head's own."""
+        return list(self.interactions) + [b for h in self.heads.values() for b in h.blocks]
 
     def parameters_before(self, block: int) -> list[nn.Parameter]:
         """Representation parameters before interaction block ``block`` (0-based).
@@ -175,15 +182,17 @@ class MLFF(nn.Module):
 
     def representation(self, graph: AtomicGraph, positions: torch.Tensor | None = None,
                        cell: torch.Tensor | None = None) -> torch.Tensor:
-        """Final per-atom features g_R(graph) (optionally at displaced positions / strained cell)."""
-        return self._representation(graph, self.species(graph.numbers), positions, cell)[0]
+        """Final shared per-atom features g_R(graph) (optionally at displaced positions / strained cell)."""
+        h, _ = self._shared(graph, self.species(graph.numbers), positions, cell)
+        return h[: graph.num_nodes]
 
-    def _representation(self, graph: AtomicGraph, species: torch.Tensor, positions: torch.Tensor | None,
-                        cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features of the graph's atoms, features of each species as an isolated atom).
+    def _shared(self, graph: AtomicGraph, species: torch.Tensor, positions: torch.Tensor | None,
+                cell: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+        """(shared features of the graph's atoms followed by one isolated atom per species, edge context).
 
         One virtual edgeless node per species is appended to the batch, so the isolated-atom
-        reference costs a few extra rows instead of a second pass through every block.
+        reference costs a few extra rows instead of a second pass through every block; the
+        edge context lets deep heads run their own blocks on the same graph.
         """
         vectors = graph.edge_vectors(positions, cell)
         edge_sh = self.spherical_harmonics(vectors)
@@ -192,7 +201,7 @@ class MLFF(nn.Module):
         virtual = torch.arange(n_species, device=graph.numbers.device)
         attrs = self._node_attrs(torch.cat([species, virtual]))
         h = self._features(attrs, edge_sh, edge_radial, graph.edge_index)
-        return h[: graph.num_nodes], h[graph.num_nodes:]
+        return h, (attrs, edge_sh, edge_radial, graph.edge_index)
 
     def forward(
         self,
@@ -237,7 +246,8 @@ class MLFF(nn.Module):
                 cell = cell + torch.bmm(cell, sym)
                 inputs.append(strain)
             species = self.species(graph.numbers)
-            h, h_iso = self._representation(graph, species, pos, cell)
+            h_shared, context = self._shared(graph, species, pos, cell)
+            n = graph.num_nodes
             # MLP(h) - MLP(h_iso) of an atom without neighbours is zero only up to rounding
             # (matmul kernels depend on the batch size), so it is masked: an isolated atom
             # returns exactly its E0.
@@ -245,7 +255,8 @@ class MLFF(nn.Module):
             results = {}
             for k, name in enumerate(names):
                 hd = self.heads[name]
-                node_int = hd.interaction_energy(h, h_iso, species)
+                g = hd.features(h_shared, *context)
+                node_int = hd.interaction_energy(g[:n], g[n:], species)
                 node_int = torch.where(interacting, node_int, torch.zeros_like(node_int))
                 e_int = scatter_sum(node_int, graph.batch, graph.num_graphs)
                 node_e = node_int.to(torch.float64) + hd.e0_table(node_int.device)[species]

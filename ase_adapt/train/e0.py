@@ -37,7 +37,7 @@ from ..graph import build_graph
 from .data import get_label
 
 __all__ = [
-    "E0Warning", "isolated_atom_e0", "average_e0", "reestimate_e0", "head_e0", "apply_e0",
+    "E0Warning", "isolated_atom_e0", "average_e0", "relative_e0", "reestimate_e0", "head_e0", "apply_e0",
     "e0_to_json", "e0_from_json",
 ]
 
@@ -169,6 +169,33 @@ def average_e0(
     counts = _composition(frames, numbers)
     x = _fit_offsets(counts, _frame_energies(frames, energy_key), numbers, "E0 averaging")
     return {z: float(v) for z, v in zip(numbers, x)}
+
+
+def relative_e0(
+    frames: Sequence[Atoms],
+    energy_key: str,
+    reference_key: str,
+    reference_e0: Mapping[int, float],
+) -> dict[int, float]:
+    """E0s of a level without isolated-atom labels, anchored to a reference level on the same frames.
+
+    ``E0_Z = reference_e0[Z] + d_Z`` with ``E - E_ref ≈ Σ_Z n_Z d_Z`` fitted by least squares
+    (minimum norm, with an :class:`E0Warning`, when the compositions do not separate the
+    elements). A prior fitted to reference labels, such as sGDML, then shares the reference's
+    energy zero, where a plain minimum-norm average would put tens of eV of binding energy into
+    arbitrary per-element offsets.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("cannot fit relative E0s: no frames")
+    numbers = as_atomic_numbers(z for a in frames for z in np.unique(a.numbers))
+    missing = [z for z in numbers if z not in reference_e0]
+    if missing:
+        raise ValueError(f"cannot fit relative E0s: the reference has no E0 for {_symbols(missing)}")
+    counts = _composition(frames, numbers)
+    diff = _frame_energies(frames, energy_key) - _frame_energies(frames, reference_key)
+    d = _fit_offsets(counts, diff, numbers, "relative E0 fit")
+    return {z: float(reference_e0[z] + v) for z, v in zip(numbers, d)}
 
 
 def head_e0(model: torch.nn.Module, head: str = K.MAIN_HEAD) -> dict[int, float]:

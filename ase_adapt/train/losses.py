@@ -4,7 +4,8 @@ One definition serves training, fine-tuning, the training-level prior loss store
 statistics and the test-time-training objective, so that "TTT stops when the prior loss reaches
 the training level" compares like with like.
 
-- energy: per-atom energy error ``(E_pred - E_ref) / N`` (eV/atom), averaged over frames;
+- energy: per-atom energy error ``(E_pred - E_ref) / N`` (eV/atom), averaged over frames; with
+  ``energy_offset`` the batch's mean error is removed first (one system, no shared energy zero);
 - forces: per-component error (eV/Å), averaged over the atoms of labelled frames;
 - stress: per-component error (eV/Å³), averaged over labelled 3D-periodic frames.
 
@@ -40,6 +41,10 @@ class LossWeights:
     stress: float = 0.0
     kind: LossKind = LossKind.MSE
     huber_delta: float = 0.01
+    # The batch is one system whose labels need not share the model's energy zero (a prior fitted
+    # per molecule, such as sGDML): fit one energy offset to the batch, so that only energy
+    # differences between its frames count. Test-time training uses this.
+    energy_offset: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", LossKind(self.kind))
@@ -119,6 +124,8 @@ def head_loss(
         m = targets.energy_mask
         if bool(m.any()):
             err = ((pred[K.ENERGY] - targets.energy) / n_atoms.to(torch.float64))[m]
+            if weights.energy_offset:  # the least-squares offset of one system: its mean error
+                err = err - err.mean()
             total = total + weights.energy * _elementwise(err, weights).mean()
             parts["energy_mse"] = float(err.detach().square().mean())
             parts["n_energy"] = int(m.sum())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,7 +25,7 @@ from ..errors import DataError
 from ..graph import neighbour_list
 from .data import get_label, is_isolated_atom, split_frames
 from .dataset import LabelledFrames, Task
-from .e0 import E0Warning, apply_e0, average_e0
+from .e0 import apply_e0, average_e0, relative_e0
 from .trainer import OptimSettings, Stage, Trainer, TrainResult
 
 __all__ = ["TrainMode", "E0Source", "LabelKeys", "TrainSettings", "train_model", "fit_head_scale", "prior_task_keys",
@@ -104,7 +103,7 @@ def fit_avg_num_neighbors(model: torch.nn.Module, frames: Sequence[Atoms]) -> fl
     edges = sum(len(neighbour_list(a, model.cutoff)[0]) for a in frames)
     atoms = sum(len(a) for a in frames)
     value = max(edges / max(atoms, 1), 1.0)
-    for block in model.interactions:
+    for block in model.interaction_blocks():
         block.avg_num_neighbors = value
     model.config["avg_num_neighbors"] = value
     return value
@@ -124,7 +123,14 @@ def fit_head_scale(model: torch.nn.Module, head: str, forces: Sequence[np.ndarra
 
 
 def _fit_e0(model, head: str, frames: Sequence[Atoms], isolated: dict[int, Atoms], energy_key: str | None,
-            source: E0Source) -> None:
+            source: E0Source, reference: LabelKeys | None = None, reference_head: str | None = None) -> None:
+    """Set ``head``'s E0s from isolated-atom frames, or by least squares over the training frames.
+
+    A prior head without isolated-atom labels (sGDML) is anchored to the reference level: its E0s
+    are ``reference_head``'s plus a least-squares fit of the label differences on frames that
+    carry both (:func:`~ase_adapt.train.e0.relative_e0`), not an arbitrary minimum-norm offset.
+    A rank-deficient fit warns (:class:`~ase_adapt.train.e0.E0Warning`).
+    """
     if source is E0Source.KEEP or energy_key is None:
         return
     current = dict(zip(model.elements, model.heads[head].e0))
@@ -139,13 +145,18 @@ def _fit_e0(model, head: str, frames: Sequence[Atoms], isolated: dict[int, Atoms
         if missing:
             raise DataError(f"head {head!r}: no isolated-atom frame with {energy_key!r} for elements {missing}")
         current.update({z: iso[z] for z in iso if z in current})
+        apply_e0(model, current, head)
+        return
+    labelled = [a for a in frames if get_label(a, energy_key, required=False) is not None]
+    ref_key = reference.energy if reference is not None and reference_head is not None else None
+    both = [a for a in labelled if ref_key and get_label(a, ref_key, required=False) is not None]
+    if both:
+        ref_e0 = dict(zip(model.elements, model.heads[reference_head].e0))
+        current.update(relative_e0(both, energy_key, ref_key, ref_e0))
+    elif labelled:
+        current.update(average_e0(labelled, energy_key=energy_key))
     else:
-        labelled = [a for a in frames if get_label(a, energy_key, required=False) is not None]
-        if not labelled:
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", E0Warning)
-            current.update(average_e0(labelled, energy_key=energy_key))
+        return
     apply_e0(model, current, head)
 
 
@@ -229,8 +240,9 @@ def train_model(
 
     if s.fit_avg_num_neighbors:
         fit_avg_num_neighbors(model, train)
-    for k, t in enumerate(tasks):
-        _fit_e0(model, t.head, train, isolated, t.energy_key, s.e0)
+    for k, t in enumerate(tasks):  # the main task comes first: prior heads fit relative to its E0s
+        anchor = (s.reference, main.head) if t is not main else (None, None)
+        _fit_e0(model, t.head, train, isolated, t.energy_key, s.e0, *anchor)
         if s.fit_scale:
             fit_head_scale(model, t.head, train_set.label_array(k, K.REF_FORCES))
 
