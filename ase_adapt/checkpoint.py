@@ -18,62 +18,20 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import _keys as K
-from ._io import atomic_write
 from .errors import CheckpointError
 from .models.build import ModelConfig, build_model, new_head
 from .models.mlff import MLFF
+from .models.serialize import checkpoint_payload, save_model  # noqa: F401  (public here)
 
 # name -> packaged checkpoint. "default": trained on aspirin, benzene and uracil (GFN2-xTB reference,
 # GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
 BUILTIN_MODELS: dict[str, Path] = {"default": Path(__file__).parent / "data" / "default.safetensors"}
-
-
-def _split_stats(stats: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Training statistics -> (JSON-able scalars, array tensors)."""
-    scalars, arrays = {}, {}
-    for key, value in (stats or {}).items():
-        if isinstance(value, (np.ndarray, torch.Tensor)):
-            arrays[K.STATS_PREFIX + key] = torch.as_tensor(np.asarray(value)).contiguous()
-        else:
-            scalars[key] = value
-    return scalars, arrays
-
-
-def checkpoint_payload(model: MLFF) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The (metadata, tensors) pair that describes ``model`` completely."""
-    scalars, arrays = _split_stats(getattr(model, "training_stats", None))
-    heads = {n: {"e0": list(h.e0)} for n, h in model.heads.items()}
-    config = dict(model.config)
-    config["heads"] = list(model.heads.keys())
-    # the dtype the weights have now (a float32-built model may have been cast to float64)
-    config["dtype"] = str(model.dtype).replace("torch.", "")
-    metadata = {
-        K.META_FORMAT: K.FORMAT_NAME,
-        K.META_VERSION: str(K.FORMAT_VERSION),
-        K.META_CONFIG: json.dumps(config),
-        K.META_HEADS: json.dumps(heads),
-        K.META_STATS: json.dumps(scalars),
-    }
-    tensors = {K.STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update(arrays)
-    return metadata, tensors
-
-
-def save_model(model: MLFF, path: str | Path) -> Path:
-    """Save ``model`` (weights, config, E0s, training statistics) atomically to ``path``."""
-    metadata, tensors = checkpoint_payload(model)
-    path = Path(path)
-    if path.suffix == ".pt":
-        return atomic_write(path, lambda p: torch.save({"metadata": metadata, "tensors": tensors}, p))
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

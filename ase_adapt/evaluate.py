@@ -21,6 +21,7 @@ from ase import Atoms
 
 from . import _keys as K
 from .errors import DataError
+from .labels import get_label
 from .ttt import TTTSettings
 
 __all__ = ["EvaluateSettings", "evaluate_frames"]
@@ -75,7 +76,6 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
                     *, work_dir: str | Path | None = None) -> dict[str, Any]:
     """Errors of ``model`` (optionally adapted with a prior) on reference-labelled ``frames``."""
     from .adaptive import AdaptiveCalculator
-    from .train.data import get_label
 
     s = settings or EvaluateSettings()
     frames = list(frames)

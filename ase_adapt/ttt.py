@@ -38,7 +38,8 @@ from .adapt.guard import GuardSettings, check_adaptation
 from .adapt.samples import SampleSettings, make_samples
 from .errors import PriorError
 from .graph import build_graph
-from .train.losses import LossWeights, make_targets, model_loss
+from .labels import prior_head_name, prior_heads
+from .losses import LossWeights, make_targets, model_loss
 
 __all__ = ["TTTSettings", "TTTResult", "prior_head_for", "ttt_loss_weights", "test_time_train"]
 
@@ -121,14 +122,12 @@ def prior_head_for(model: torch.nn.Module, prior: Any, head: str | None = None) 
             raise KeyError(f"model has no head {head!r}; heads: {list(model.heads)}")
         return head
     kind = getattr(prior, "kind", None)
-    candidates = [f"prior:{kind}"] if kind else []
-    for name in candidates:
-        if name in model.heads:
-            return name
-    prior_heads = [h for h in model.heads if h == K.PRIOR_HEAD or h.startswith("prior:")]
+    wanted = prior_head_name(kind) if kind else None
+    if wanted in model.heads:
+        return wanted
     raise ValueError(
         f"the model has no head for the prior {kind or type(prior).__name__!r} (expected "
-        f"{candidates[0] if candidates else 'prior:<kind>'!r}; prior heads: {prior_heads}). Use a prior the "
+        f"{wanted or 'prior:<kind>'!r}; prior heads: {prior_heads(model)}). Use a prior the "
         "model was trained with, or name the head explicitly (ttt head=...) if you know it matches."
     )
 

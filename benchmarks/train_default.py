@@ -179,7 +179,7 @@ def epochs_for_budget(args, train: list, val: list) -> int:
     import torch
 
     from ase_adapt.train.dataset import LabelledFrames, Task
-    from ase_adapt.train.losses import head_loss
+    from ase_adapt.losses import head_loss
 
     s = settings(args, 1)
     w = s.optim.loss_weights()
@@ -239,7 +239,7 @@ def stats(args) -> None:
     """Training statistics (force norms, spectra, prior losses) into ``best.safetensors``, on the CPU."""
     import ase_adapt
     from ase_adapt.shift.stats import compute_training_stats
-    from ase_adapt.train.losses import LossWeights
+    from ase_adapt.losses import LossWeights
 
     path = args.out / args.arch / "best.safetensors"
     model = ase_adapt.load_model(path)

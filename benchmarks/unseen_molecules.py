@@ -11,9 +11,9 @@ on the first evaluated frame, then predict every frame) on the same frames: fram
 the sGDML prior is fitted on frames[:50] (the MD17 protocol: 50 reference labels of the new
 molecule; no other configuration sees any label). Configurations:
 
-  base; +RR; +TTT with each prior (GFN-FF, sGDML-50, LJ); +RR+TTT (GFN-FF); each prior alone;
-  and TTT with the paper's lr (1e-4, 200 steps) instead of the default (3e-3, up to 500 steps),
-  GFN-FF and sGDML-50: the default lr was chosen on prior losses only (``ttt_settings.py``).
+  base; +RR; +TTT with each prior (GFN-FF, GFN1-xTB when the model has its head, sGDML-50, LJ);
+  +RR+TTT (GFN-FF); each prior alone. TTT uses the default settings (chosen on the validation
+  molecules, ``validation_ttt.py``) with the sampling MD at the run temperature.
 
 Then NVT 500 K stability (Fu et al.: time until the largest bond-length deviation from the
 starting structure exceeds 0.5 Å, capped at ``--md-ps``) for the base model and TTT with GFN-FF
@@ -38,13 +38,18 @@ TEST_MOLECULES = ("naphthalene", "toluene")
 SGDML_FRAMES = 50
 
 
-def evaluate_configs(model, frames: list, quick: bool) -> dict:
-    from ase_adapt.evaluate import EvaluateSettings, evaluate_frames
+def ttt_settings(quick: bool, temperature: float):
     from ase_adapt.ttt import TTTSettings
 
+    return TTTSettings(max_steps=10, md_steps=40, md_temperature=temperature) if quick \
+        else TTTSettings(md_temperature=temperature)
+
+
+def evaluate_configs(model, frames: list, quick: bool, temperature: float) -> dict:
+    from ase_adapt.evaluate import EvaluateSettings, evaluate_frames
+
     n_sg = 8 if quick else SGDML_FRAMES
-    ttt = TTTSettings(max_steps=10) if quick else TTTSettings()
-    paper = TTTSettings(lr=1e-4, max_steps=10 if quick else 200)  # the paper's lr, for comparison
+    ttt = ttt_settings(quick, temperature)
     test = frames[n_sg:]
     configs = {
         "base": (test, EvaluateSettings()),
@@ -53,9 +58,9 @@ def evaluate_configs(model, frames: list, quick: bool) -> dict:
         "rr_ttt_gfn-ff": (test, EvaluateSettings(prior="gfn-ff", ttt=True, rr=True, ttt_settings=ttt)),
         "ttt_lj": (test, EvaluateSettings(prior="lj", ttt=True, ttt_settings=ttt)),
         "ttt_sgdml": (frames, EvaluateSettings(sgdml_prior_frames=n_sg, ttt=True, ttt_settings=ttt)),
-        "ttt_gfn-ff_paper_lr": (test, EvaluateSettings(prior="gfn-ff", ttt=True, ttt_settings=paper)),
-        "ttt_sgdml_paper_lr": (frames, EvaluateSettings(sgdml_prior_frames=n_sg, ttt=True, ttt_settings=paper)),
     }
+    if "prior:gfn1-xtb" in model.heads:
+        configs["ttt_gfn1-xtb"] = (test, EvaluateSettings(prior="gfn1-xtb", ttt=True, ttt_settings=ttt))
     out = {}
     for name, (fr, settings) in configs.items():
         t0 = time.perf_counter()
@@ -67,7 +72,7 @@ def evaluate_configs(model, frames: list, quick: bool) -> dict:
     return out
 
 
-def md_runs(model, atoms, sgdml_path: Path, steps: int, seed: int) -> dict:
+def md_runs(model, atoms, sgdml_path: Path, steps: int, seed: int, temperature: float, quick: bool) -> dict:
     import copy
 
     from ase_adapt import AdaptiveCalculator, MLFFCalculator
@@ -77,11 +82,13 @@ def md_runs(model, atoms, sgdml_path: Path, steps: int, seed: int) -> dict:
     calcs = {
         "reference": make_prior("gfn2-xtb"),
         "base": MLFFCalculator(copy.deepcopy(model)),
-        "ttt_gfn-ff": AdaptiveCalculator(copy.deepcopy(model), "gfn-ff", adapt="always"),
-        "ttt_sgdml": AdaptiveCalculator(copy.deepcopy(model), f"sgdml:{sgdml_path}", adapt="always"),
+        "ttt_gfn-ff": AdaptiveCalculator(model, "gfn-ff", adapt="always", ttt=ttt_settings(quick, temperature)),
+        "ttt_sgdml": AdaptiveCalculator(model, f"sgdml:{sgdml_path}", adapt="always",
+                                        ttt=ttt_settings(quick, temperature)),
     }
-    runs = {name: run_nvt(atoms, calc, steps, seed=seed, stop_when_unstable=name != "reference",
-                          desc=f"NVT {name}") for name, calc in calcs.items()}
+    runs = {name: run_nvt(atoms, calc, steps, temperature_K=temperature, seed=seed,
+                          stop_when_unstable=name != "reference", desc=f"NVT {name} {temperature:g} K")
+            for name, calc in calcs.items()}
     _, h_ref = distance_histogram(runs["reference"].positions)
     out = {}
     for name, r in runs.items():
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--molecules", nargs="+", default=list(TEST_MOLECULES))
     p.add_argument("--md-ps", type=float, default=10.0, help="NVT length per run in ps (default 10)")
     p.add_argument("--no-md", action="store_true")
+    p.add_argument("--temperature", type=float, default=500.0, help="run temperature of TTT sampling (K)")
+    p.add_argument("--md-temperatures", type=float, nargs="+", default=[500.0, 800.0],
+                   help="NVT temperatures for the stability runs (K)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -126,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             frames = frames[:14]
         print(f"{name}: {len(frames)} frames", flush=True)
-        ev = evaluate_configs(model, frames, args.quick)
+        ev = evaluate_configs(model, frames, args.quick, args.temperature)
         entry = {"n_frames": len(frames), "evaluate": ev}
         if not args.no_md:
             with tempfile.TemporaryDirectory() as tmp:
                 sg = fit_sgdml_prior(frames[: 8 if args.quick else SGDML_FRAMES],
                                      n_train=8 if args.quick else SGDML_FRAMES, out_path=Path(tmp) / "sgdml.npz")
-                entry["md"] = md_runs(model, frames[0].copy(), sg, steps, args.seed)
+                entry["md"] = {f"{t:g}K": md_runs(model, frames[0].copy(), sg, steps, args.seed, t, args.quick)
+                               for t in args.md_temperatures}
         results["molecules"][name] = entry
         base = ev["base"]["force_mae_mev_per_A"]
         for cfg, r in ev.items():

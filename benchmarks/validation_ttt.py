@@ -36,8 +36,11 @@ def _ttt_settings(args):
     from ase_adapt.adapt import GuardSettings
     from ase_adapt.ttt import TTTSettings
 
+    # --record-guard: the guard's signals are measured and reported but never act, so that its
+    # thresholds can be chosen from what TTT would have done
+    guard = GuardSettings(1e9, 1e9, 1e9) if args.record_guard else GuardSettings()
     return TTTSettings(lr=args.lr, max_steps=args.max_steps, md_temperature=args.temperature,
-                       md_steps=args.md_steps, guard=None if args.no_guard else GuardSettings())
+                       md_steps=args.md_steps, guard=guard)
 
 
 def run_task(task: dict) -> dict:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--md-steps", type=int, default=None)
     p.add_argument("--temperature", type=float, default=500.0)
-    p.add_argument("--no-guard", action="store_true")
+    p.add_argument("--record-guard", action="store_true", help="measure the guard's signals, never roll back")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tag", default="default")
     p.add_argument("--json", type=Path)
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{row['molecule']:<20} {row['prior'] or 'base':<9}"
             print(f"{label} " + (row.get("skipped") or f"force MAE {r['force_mae_mev_per_A']:.1f} meV/Å, "
                                  f"{r['seconds']:.0f} s"), flush=True)
-    print_table(*table(rows), fmt=".1f")
+    print_table(*table(rows), fmt=".3g")
     print(f"wrote {out}")
     return 0
 
@@ -128,10 +131,13 @@ def table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for r in sorted((r for r in rows if r["prior"] and "result" in r), key=lambda r: (r["molecule"], r["prior"])):
         res, t = r["result"], r["result"].get("ttt") or {}
         b = base.get(r["molecule"])
+        g = t.get("guard") or {}
         out.append([r["molecule"], r["prior"], b, res["force_mae_mev_per_A"], res.get("prior_force_mae_mev_per_A"),
                     (res["force_mae_mev_per_A"] / b) if b else None, t.get("steps"),
-                    "rolled back" if t.get("rolled_back") else "kept", r["result"]["seconds"]])
-    return ["molecule", "prior", "base", "TTT", "prior alone", "TTT/base", "steps", "guard", "s"], out
+                    "rolled back" if t.get("rolled_back") else "kept", g.get("prior_loss_ratio"),
+                    g.get("prior_distance_ratio"), g.get("move_ratio"), r["result"]["seconds"]])
+    return ["molecule", "prior", "base", "TTT", "prior alone", "TTT/base", "steps", "kept?", "loss r",
+            "dist r", "move r", "s"], out
 
 
 if __name__ == "__main__":

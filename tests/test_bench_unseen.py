@@ -23,9 +23,9 @@ def test_unseen_molecules_quick(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     entry = result["molecules"]["toluene"]
     ev = entry["evaluate"]
-    assert set(ev) == {"base", "rr", "ttt_gfn-ff", "rr_ttt_gfn-ff", "ttt_lj", "ttt_sgdml", "ttt_gfn-ff_paper_lr",
-                       "ttt_sgdml_paper_lr"}
+    assert {"base", "rr", "ttt_gfn-ff", "rr_ttt_gfn-ff", "ttt_lj", "ttt_sgdml"} <= set(ev)
     assert all(r["force_mae_mev_per_A"] > 0 for r in ev.values())
     assert ev["ttt_sgdml"]["n_frames"] == ev["base"]["n_frames"]  # the same evaluated frames
     assert ev["ttt_gfn-ff"]["ttt"]["steps"] > 0 and ev["rr"]["radius"] is not None
-    assert set(entry["md"]) == {"reference", "base", "ttt_gfn-ff", "ttt_sgdml"}
+    assert set(entry["md"]) == {"500K", "800K"}
+    assert set(entry["md"]["500K"]) == {"reference", "base", "ttt_gfn-ff", "ttt_sgdml"}

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import ase_adapt
 import ase_adapt.checkpoint as ckpt
+import ase_adapt.models.serialize as serialize
 from ase_adapt import CheckpointError, MLFFCalculator, load_model, save_model
 from ase_adapt.models import new_head
 
@@ -388,7 +389,7 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(model32, model64, tm
         raise exc
 
     def save_failing(target):
-        monkeypatch.setattr(*((ckpt.torch, "save") if suffix == ".pt" else (ckpt, "save_file")), failing_write)
+        monkeypatch.setattr(*((serialize.torch, "save") if suffix == ".pt" else (serialize, "save_file")), failing_write)
         with pytest.raises(type(exc)):
             save_model(model32, target)
         monkeypatch.undo()

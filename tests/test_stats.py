@@ -17,17 +17,17 @@ from ase_adapt.cli.main import main
 from ase_adapt.errors import DataError
 from ase_adapt.models.build import new_head
 from ase_adapt.shift.spectrum import average_spectrum, laplacian_spectrum, spectral_distance
+from ase_adapt.labels import prior_label_keys
 from ase_adapt.shift.stats import (
     MissingStatisticsError,
     TrainingStats,
     attach_training_stats,
     compute_training_stats,
     distribution,
-    prior_label_keys,
     stats_to_json,
 )
 from ase_adapt.train.data import write_frames
-from ase_adapt.train.losses import LossKind, LossWeights, make_targets, model_loss
+from ase_adapt.losses import LossKind, LossWeights, make_targets, model_loss
 
 
 def labelled(atoms: Atoms, prefix: str = "") -> Atoms:
@@ -68,8 +68,8 @@ def single_batch_loss(model, frames, head: str, ek: str, fk: str, weights: LossW
 
 
 def test_prior_label_keys_and_distribution() -> None:
-    assert prior_label_keys("prior") == ("prior_energy", "prior_forces")
-    assert prior_label_keys("prior:gfn-ff") == ("prior_gfn-ff_energy", "prior_gfn-ff_forces")
+    assert prior_label_keys("prior") == ("prior_energy", "prior_forces", "prior_stress")
+    assert prior_label_keys("prior:gfn-ff") == ("prior_gfn-ff_energy", "prior_gfn-ff_forces", "prior_gfn-ff_stress")
     for bad in ("main", "prior:", "priors"):
         with pytest.raises(ValueError):
             prior_label_keys(bad)

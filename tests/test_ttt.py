@@ -72,7 +72,7 @@ def test_ttt_keeps_the_weights_with_the_lowest_held_out_loss(ready, system, monk
     import ase_adapt.ttt as ttt_module
     from ase_adapt.adapt.samples import make_samples
     from ase_adapt.graph import build_graph
-    from ase_adapt.train.losses import make_targets, model_loss
+    from ase_adapt.losses import make_targets, model_loss
     from ase_adapt.ttt import _split, ttt_loss_weights
 
     held, fitted = [], []

@@ -103,7 +103,7 @@ def prior_md_samples(atoms: Atoms, prior: Any, s: SampleSettings,
         for k in range(s.md_steps // s.md_stride):
             try:
                 dyn.run(s.md_stride)
-                e, f = md.get_potential_energy(), md.get_forces()
+                e, f = md.get_potential_energy(), md.get_forces(apply_constraint=False)  # FixCom: raw labels
             except PriorError:
                 raise
             except Exception as exc:

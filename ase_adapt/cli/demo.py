@@ -39,7 +39,7 @@ class DemoSettings:
     temperature_K: float = 500.0
     timestep_fs: float = 0.5
     parity_frames: int = 20      # reference-MD frames on which forces are compared
-    ttt_steps: int = 500
+    ttt_steps: int = 300  # TTTSettings' default
     seed: int = 0
     out: str = "demo-output"
     plots: bool = True
@@ -139,7 +139,8 @@ def run(settings: DemoSettings) -> dict:
     print(f"model {s.model!r}: trained on {', '.join(map(str, model.training_stats.get('molecules', []))) or 'its training set'}; "
           f"molecule {atoms.get_chemical_formula()} ({len(atoms)} atoms) from {path.name}")
 
-    adaptive = AdaptiveCalculator(model, prior, unknown_elements="nearest", ttt=TTTSettings(max_steps=s.ttt_steps))
+    ttt_settings = TTTSettings(max_steps=s.ttt_steps, md_temperature=s.temperature_K)  # sample at the run temperature
+    adaptive = AdaptiveCalculator(model, prior, unknown_elements="nearest", ttt=ttt_settings)
     t0 = time.perf_counter()
     report = adaptive.check(atoms)
     check_s = time.perf_counter() - t0

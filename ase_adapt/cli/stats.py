@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..train.losses import LossKind, LossWeights
+from ..losses import LossKind, LossWeights
 
 _PATHS = ("model", "data", "out", "json")
 

@@ -291,6 +291,6 @@ class MLFF(nn.Module):
 
     def save(self, path) -> "Path":  # noqa: F821
         """Save weights, config, E0s and training statistics atomically (see :mod:`ase_adapt.checkpoint`)."""
-        from ..checkpoint import save_model
+        from .serialize import save_model
 
         return save_model(self, path)

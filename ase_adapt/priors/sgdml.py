@@ -236,7 +236,7 @@ def sgdml_prior(path: str | Path, spec: str | None = None, **options: Any) -> Pr
 
 # --------------------------------------------------------------------------------- fitting
 def _arrays(frames: Sequence[Atoms], energy_key: str, forces_key: str) -> tuple[np.ndarray, ...]:
-    from ..train.data import get_label
+    from ..labels import get_label
 
     first = frames[0]
     R, E, F = [], [], []

@@ -16,14 +16,12 @@ from .stats import (
     TrainingStats,
     attach_training_stats,
     compute_training_stats,
-    prior_label_keys,
 )
 
 __all__ = [
     "SpectrumMethod", "adjacency", "normalized_laplacian", "laplacian_spectrum",
     "spectral_distance", "average_spectrum",
     "MissingStatisticsError", "TrainingStats", "attach_training_stats", "compute_training_stats",
-    "prior_label_keys",
     "DetectorSettings", "DetectorResult", "ShiftReport", "detect_shift",
     "RadiusSettings", "RadiusResult", "refine_radius",
 ]

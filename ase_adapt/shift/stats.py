@@ -8,7 +8,7 @@
 - ``spectrum_mean`` and ``spectral_distance``: the average normalized-Laplacian spectrum and the
   distribution of the frames' spectral distances to it (criterion 3 and radius refinement);
 - ``prior_loss``: each prior head's loss on the prior labels under the one loss definition of
-  :mod:`ase_adapt.train.losses`, with the weights used: the early-stopping target of TTT.
+  :mod:`ase_adapt.losses`, with the weights used: the early-stopping target of TTT.
 
 The result is a plain dict stored as ``model.training_stats``. Its only array value is the
 top-level ``spectrum_mean`` (saved as a checkpoint tensor); everything else is JSON.
@@ -27,13 +27,14 @@ from ase import Atoms
 
 from .. import _keys as K
 from ..errors import CheckpointError, DataError, UnknownElementError
-from ..train.data import frame_labels, get_label, has_label, is_isolated_atom
-from ..train.losses import LossWeights, head_loss, make_targets
+from ..labels import frame_labels, get_label, has_label, is_isolated_atom, prior_label_keys
+from ..labels import prior_heads as model_prior_heads
+from ..losses import LossWeights, head_loss, make_targets
 from .spectrum import SpectrumMethod, average_spectrum, laplacian_spectrum, spectral_distance
 
 __all__ = [
     "STATS_VERSION", "QUANTILES", "MissingStatisticsError", "TrainingStats",
-    "prior_label_keys", "default_prior_heads", "distribution", "mean_force_norm",
+    "distribution", "mean_force_norm",
     "compute_training_stats", "attach_training_stats", "stats_to_json",
 ]
 
@@ -47,26 +48,6 @@ class MissingStatisticsError(CheckpointError):
 
 
 # --- small pieces ---------------------------------------------------------------------------------
-
-def prior_label_keys(head: str) -> tuple[str, str]:
-    """(energy key, forces key) of the dataset labels a prior head is trained on.
-
-    ``"prior"`` reads ``prior_energy``/``prior_forces``; ``"prior:<kind>"`` reads
-    ``prior_<kind>_energy``/``prior_<kind>_forces`` (``ase-adapt label --prefix prior_<kind>``).
-    """
-    if head == K.PRIOR_HEAD:
-        return K.PRIOR_ENERGY, K.PRIOR_FORCES
-    prefix = K.PRIOR_HEAD + ":"
-    if head.startswith(prefix) and len(head) > len(prefix):
-        kind = head[len(prefix):]
-        return f"prior_{kind}_energy", f"prior_{kind}_forces"
-    raise ValueError(f"{head!r} is not a prior head (expected 'prior' or 'prior:<kind>')")
-
-
-def default_prior_heads(model) -> list[str]:
-    """The model's heads named ``prior`` or ``prior:<kind>``, in model order."""
-    return [h for h in model.heads if h == K.PRIOR_HEAD or h.startswith(K.PRIOR_HEAD + ":")]
-
 
 def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
     """``{"mean", "std", "q05", "q25", "q50", "q75", "q95", "n"}`` of ``values`` (plain floats).
@@ -107,7 +88,7 @@ def _pooled_losses(model, frames: list[Atoms], labels: dict[str, list[dict[str, 
                    batch_size: int, progress: bool) -> dict[str, float]:
     """Each head's loss over all frames, as if they formed a single batch.
 
-    Per batch and term, the weight-1 term of :func:`~ase_adapt.train.losses.head_loss` (MSE or
+    Per batch and term, the weight-1 term of :func:`~ase_adapt.losses.head_loss` (MSE or
     Huber) is pooled by its labelled count; the pooled terms are then weighted. This equals
     ``model_loss`` on one batch of every frame, with memory bounded by ``batch_size``.
     """
@@ -183,13 +164,13 @@ def compute_training_stats(
     stress = loss_weights.stress > 0
 
     explicit = prior_heads is not None
-    heads = list(prior_heads) if explicit else default_prior_heads(model)
+    heads = list(prior_heads) if explicit else model_prior_heads(model)
     label_keys: dict[str, list[str]] = {}
     labels: dict[str, list[dict[str, Any]]] = {}
     for h in heads:
         if h not in model.heads:
             raise ValueError(f"model has no head {h!r}; heads: {list(model.heads)}")
-        ek, fk = (prior_energy_key, prior_forces_key) if h == K.PRIOR_HEAD else prior_label_keys(h)
+        ek, fk = (prior_energy_key, prior_forces_key) if h == K.PRIOR_HEAD else prior_label_keys(h)[:2]
         if not explicit and not any(has_label(a, ek) or has_label(a, fk) for a in data):
             notes.append(f"head {h!r}: no frame has labels {ek!r}/{fk!r}; its prior loss is not computed")
             continue

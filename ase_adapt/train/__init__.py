@@ -8,7 +8,7 @@ from .data import (
     DataWarning, check_labels, isolated_atom_frames, read_frames, split_frames, training_frames, write_frames,
 )
 from .label import OnError, label_frames
-from .losses import LossKind, LossWeights
+from ..losses import LossKind, LossWeights
 from .trainer import OptimSettings, Scheduler, TrainResult
 from .modes import E0Source, LabelKeys, TrainMode, TrainSettings, train_model
 from .finetune import E0Update, FinetuneSettings, FreezeMode, ReplayLabels, Strategy, finetune_model, pseudolabel

@@ -20,7 +20,7 @@ from .. import _keys as K
 from ..errors import DataError
 from ..graph import AtomicGraph, build_graph
 from .data import frame_labels, is_isolated_atom
-from .losses import LossWeights, Targets, make_targets
+from ..losses import LossWeights, Targets, make_targets
 
 __all__ = ["Task", "LabelledFrames", "DATA", "REPLAY"]
 

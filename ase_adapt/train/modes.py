@@ -23,6 +23,7 @@ from .. import _keys as K
 from .._settings import load_settings, settings_to_dict
 from ..errors import DataError
 from ..graph import neighbour_list
+from ..labels import is_prior_head, prior_label_keys
 from .data import get_label, is_isolated_atom, split_frames
 from .dataset import LabelledFrames, Task
 from .e0 import apply_e0, average_e0, relative_e0
@@ -75,7 +76,7 @@ class TrainSettings:
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
         object.__setattr__(self, "prior_heads", tuple(self.prior_heads))
-        bad = [h for h in self.prior_heads if h != K.PRIOR_HEAD and not h.startswith("prior:")]
+        bad = [h for h in self.prior_heads if not is_prior_head(h)]
         if bad or (self.mode is not TrainMode.MAIN and not self.prior_heads):
             raise ValueError(f"prior heads are named 'prior' or 'prior:<kind>' and at least one is needed "
                              f"outside mode 'main' (got {list(self.prior_heads)})")
@@ -91,10 +92,7 @@ class TrainSettings:
 
 def prior_task_keys(head: str, generic: LabelKeys) -> LabelKeys:
     """The label keys a prior head learns from (the convention of ``ase-adapt label --prefix``)."""
-    if head == K.PRIOR_HEAD:
-        return generic
-    kind = head.split(":", 1)[1]
-    return LabelKeys(f"prior_{kind}_energy", f"prior_{kind}_forces", f"prior_{kind}_stress")
+    return generic if head == K.PRIOR_HEAD else LabelKeys(*prior_label_keys(head))
 
 
 # ------------------------------------------------------------------------------ preparation

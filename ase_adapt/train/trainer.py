@@ -34,7 +34,7 @@ from .._io import atomic_write, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
 from .dataset import LabelledFrames, Task
-from .losses import LossKind, LossWeights, head_loss
+from ..losses import LossKind, LossWeights, head_loss
 
 __all__ = ["Scheduler", "OptimSettings", "Stage", "TrainResult", "Trainer"]
 

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .. import _keys as K
+from . import _keys as K
 
 __all__ = ["LossKind", "LossWeights", "Targets", "make_targets", "head_loss", "model_loss"]
 
