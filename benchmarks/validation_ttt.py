@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tag", default="default")
     p.add_argument("--json", type=Path)
+    p.add_argument("--report", type=Path, metavar="FILE", help="print the table of a results file and stop")
     args = p.parse_args(argv)
+    if args.report:
+        return report(args.report)
     from ase_adapt.ttt import TTTSettings
 
     d = TTTSettings()
@@ -124,20 +127,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def report(path: Path) -> int:
+    """Print the table of a results file (``--report FILE``)."""
+    import json
+
+    print_table(*table(json.loads(path.read_text())["rows"]), fmt=".3g")
+    return 0
+
+
+def _guarded(res: dict, base: float) -> float:
+    """The force MAE a user gets with the default guard: TTT's if it passes, else the base model's.
+
+    From a ``--record-guard`` run (signals measured, never acted on) this shows what any guard
+    threshold would do; from a normal run it is what happened.
+    """
+    from ase_adapt.adapt import GuardSettings
+
+    t = res.get("ttt") or {}
+    g = t.get("guard") or {}
+    if t.get("rolled_back") or not g:
+        return base if t.get("rolled_back") else res["force_mae_mev_per_A"]
+    d = GuardSettings()
+    ok = (g["prior_loss_ratio"] <= d.max_prior_loss_ratio and g["prior_distance_ratio"] <= d.max_prior_distance_ratio
+          and g["move_ratio"] <= d.max_move_ratio)
+    return res["force_mae_mev_per_A"] if ok else base
+
+
 def table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """One line per (molecule, prior): base, TTT and prior-alone force MAE, and what TTT did."""
+    """One line per (molecule, prior): base, TTT, guarded and prior-alone force MAE, and the guard's signals."""
     base = {r["molecule"]: r["result"]["force_mae_mev_per_A"] for r in rows if r["prior"] is None and "result" in r}
     out = []
     for r in sorted((r for r in rows if r["prior"] and "result" in r), key=lambda r: (r["molecule"], r["prior"])):
         res, t = r["result"], r["result"].get("ttt") or {}
         b = base.get(r["molecule"])
         g = t.get("guard") or {}
-        out.append([r["molecule"], r["prior"], b, res["force_mae_mev_per_A"], res.get("prior_force_mae_mev_per_A"),
-                    (res["force_mae_mev_per_A"] / b) if b else None, t.get("steps"),
-                    "rolled back" if t.get("rolled_back") else "kept", g.get("prior_loss_ratio"),
-                    g.get("prior_distance_ratio"), g.get("move_ratio"), r["result"]["seconds"]])
-    return ["molecule", "prior", "base", "TTT", "prior alone", "TTT/base", "steps", "kept?", "loss r",
-            "dist r", "move r", "s"], out
+        guarded = _guarded(res, b) if b else None
+        out.append([r["molecule"], r["prior"], b, res["force_mae_mev_per_A"], guarded,
+                    res.get("prior_force_mae_mev_per_A"), (guarded / b) if b else None, t.get("steps"),
+                    g.get("prior_loss_ratio"), g.get("prior_distance_ratio"), g.get("move_ratio"),
+                    res["timings"].get("check_seconds")])
+    return ["molecule", "prior", "base", "TTT", "guarded", "prior alone", "guarded/base", "steps", "loss r",
+            "dist r", "move r", "TTT s"], out
 
 
 if __name__ == "__main__":

@@ -22,6 +22,46 @@ def tiny_model(**overrides) -> ase_adapt.MLFF:
     return ase_adapt.build_model(**{**TINY, "elements": ELEMENTS, **overrides})
 
 
+def ttt_ready_model(out_dir, *, epochs: int, n_frames: int, seed: int) -> ase_adapt.MLFF:
+    """A tiny TTT-ready model: joint training (main on EMT, prior on LJ) on toy H/C/O clusters."""
+    from ase_adapt.testing import toy_frames
+    from ase_adapt.train import OptimSettings, TrainSettings, train_model
+
+    model = tiny_model(elements=("H", "C", "O"))
+    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=epochs, batch_size=8, progress=False))
+    train_model(model, toy_frames(n_frames, seed=seed), s, out_dir)
+    return model
+
+
+@pytest.fixture(scope="session")
+def ready(tmp_path_factory) -> ase_adapt.MLFF:
+    """A tiny TTT-ready model with training statistics, shared by the calculator tests.
+
+    Calculators adapt private copies, so tests that only build calculators on it never change
+    it; a test that writes to it must deep-copy it first.
+    """
+    return ttt_ready_model(tmp_path_factory.mktemp("ready"), epochs=6, n_frames=24, seed=30)
+
+
+def fast_ttt():
+    """TTT settings for calculator mechanics: few steps, no sampling MD, no guard (tested apart)."""
+    from ase_adapt.ttt import TTTSettings
+
+    return TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=None)
+
+
+def load_script(path, name: str):
+    """Import a benchmark script (not a package module) under ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def make_model():
     """:func:`tiny_model`, as a fixture (test modules do not import conftest)."""

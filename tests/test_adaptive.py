@@ -19,20 +19,11 @@ from ase_adapt.adaptive import TriggerSettings
 from ase_adapt.errors import UnknownElementError
 from ase_adapt.shift.detectors import DetectorSettings
 from ase_adapt.testing import toy_frames, toy_prior
-from ase_adapt.train import OptimSettings, TrainSettings, train_model
 from ase_adapt.ttt import TTTSettings
 
-FAST_TTT = TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=None)  # mechanics; the guard is tested apart
+from conftest import fast_ttt  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def ready(tmp_path_factory):
-    from conftest import tiny_model  # noqa: PLC0415
-
-    model = tiny_model(elements=("H", "C", "O"))
-    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=6, batch_size=8, progress=False))
-    train_model(model, toy_frames(24, seed=30), s, tmp_path_factory.mktemp("adaptive"))
-    return model
+FAST_TTT = fast_ttt()  # mechanics; the guard is tested apart
 
 
 def _calc(model, **kw) -> AdaptiveCalculator:

@@ -8,7 +8,6 @@ simulate a kill, an SCF failure that a retry fixes, and one that it does not.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +23,14 @@ pytest.importorskip("sgdml")
 from ase_adapt.priors import PriorError, make_prior  # noqa: E402
 from ase_adapt.train.data import get_label, is_isolated_atom, read_frames  # noqa: E402
 
+from conftest import load_script  # noqa: E402
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_data_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-bench = _load_script()
+bench = load_script(SCRIPT, "bench_data_under_test")
 SETTINGS = bench.QUICK
 KEYS = ("energy", "forces", "prior_gfn-ff_energy", "prior_gfn-ff_forces", "prior_sgdml_energy", "prior_sgdml_forces")
 

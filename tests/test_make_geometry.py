@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,14 @@ import pytest
 pytest.importorskip("rdkit")
 pytest.importorskip("tblite")
 
+from conftest import load_script  # noqa: E402
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_geometry.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_make_geometry_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-geom = _load_script()
+geom = load_script(SCRIPT, "bench_make_geometry_under_test")
 
 
 def test_cli_makes_water(tmp_path):

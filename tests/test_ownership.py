@@ -16,22 +16,12 @@ import ase_adapt.ttt as ttt_module
 from ase_adapt import AdaptiveCalculator, CalculationFailed, MLFFCalculator
 from ase_adapt.adaptive import TriggerSettings
 from ase_adapt.models.mlff import MLFF
-from ase_adapt.testing import toy_frames, toy_prior
-from ase_adapt.train import OptimSettings, TrainSettings, train_model
-from ase_adapt.ttt import TTTSettings, test_time_train
+from ase_adapt.testing import toy_prior
+from ase_adapt.ttt import test_time_train
 
-FAST_TTT = TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=None)  # mechanics; the guard is tested apart
+from conftest import fast_ttt  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def ready(tmp_path_factory):
-    """A tiny TTT-ready model (joint training on toy data) with training statistics."""
-    from conftest import tiny_model  # noqa: PLC0415
-
-    model = tiny_model(elements=("H", "C", "O"))
-    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=6, batch_size=8, progress=False))
-    train_model(model, toy_frames(24, seed=30), s, tmp_path_factory.mktemp("ownership"))
-    return model
+FAST_TTT = fast_ttt()  # mechanics; the guard is tested apart
 
 
 def _adaptive(model, **kw) -> AdaptiveCalculator:

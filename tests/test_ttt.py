@@ -12,7 +12,6 @@ from ase.calculators.calculator import Calculator
 import ase_adapt
 from ase_adapt.errors import PriorError
 from ase_adapt.testing import toy_frames, toy_prior
-from ase_adapt.train import OptimSettings, TrainSettings, train_model
 from ase_adapt.adapt import GuardSettings, check_adaptation, make_samples
 from ase_adapt.ttt import TTTSettings, prior_head_for, test_time_train
 
@@ -20,12 +19,9 @@ from ase_adapt.ttt import TTTSettings, prior_head_for, test_time_train
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory):
     """A tiny TTT-ready model (joint training on toy data) with training statistics."""
-    from conftest import tiny_model  # noqa: PLC0415
+    from conftest import ttt_ready_model  # noqa: PLC0415
 
-    model = tiny_model(elements=("H", "C", "O"))
-    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=10, batch_size=8, progress=False))
-    train_model(model, toy_frames(32, seed=20), s, tmp_path_factory.mktemp("ttt"))
-    return model
+    return ttt_ready_model(tmp_path_factory.mktemp("ttt"), epochs=10, n_frames=32, seed=20)
 
 
 @pytest.fixture
