@@ -34,14 +34,14 @@ def test_demo_writes_only_its_outputs_from_a_read_only_directory(tmp_path: Path)
     out = tmp_path / "out"
     ro.chmod(0o555)
     try:
-        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "20", "--parity-frames", "2",
+        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "200", "--parity-frames", "2",
                      "--ttt-steps", "5", "--out", str(out), "--quiet"], cwd=ro)
     finally:
         ro.chmod(0o755)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(ro.iterdir()) == []
     assert sorted(p.name for p in out.iterdir()) == [
-        "hr.png", "md_adaptive.xyz", "md_base.xyz", "md_reference.xyz", "parity.png", "summary.json"]
+        "hr.png", "md_adaptive.xyz", "md_base.xyz", "md_reference.xyz", "parity.png", "sgdml_prior.npz", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["molecule"] == "C10H8" and summary["atoms"] == 18
     assert set(summary["shift"]["detectors"]) == {"elements", "force_norm", "connectivity"}
