@@ -1,8 +1,8 @@
 """Weighted energy / force / stress losses for one head, with per-frame label masks.
 
 One definition serves training, fine-tuning, the training-level prior loss stored in the
-statistics and the test-time-training objective, so that "TTT stops when the prior loss reaches
-the training level" compares like with like.
+statistics and the test-time-training objective (with the weights the statistics record), so
+that the prior losses of training and adaptation compare like with like.
 
 - energy: per-atom energy error ``(E_pred - E_ref) / N`` (eV/atom), averaged over frames; with
   ``energy_offset`` the batch's mean error is removed first (one system, no shared energy zero);

@@ -8,7 +8,7 @@
 - ``spectrum_mean`` and ``spectral_distance``: the average normalized-Laplacian spectrum and the
   distribution of the frames' spectral distances to it (criterion 3 and radius refinement);
 - ``prior_loss``: each prior head's loss on the prior labels under the one loss definition of
-  :mod:`ase_adapt.losses`, with the weights used: the early-stopping target of TTT.
+  :mod:`ase_adapt.losses`, with the weights used (TTT's objective reuses those weights).
 
 The result is a plain dict stored as ``model.training_stats``. Its only array value is the
 top-level ``spectrum_mean`` (saved as a checkpoint tensor); everything else is JSON.
@@ -320,7 +320,7 @@ class TrainingStats:
         return self.force_norm_priors[head]
 
     def prior_loss(self, head: str = K.PRIOR_HEAD) -> float:
-        """Training-level loss of prior head ``head`` (the TTT early-stopping target)."""
+        """Training-level loss of prior head ``head`` (a reference point for TTT's held-out losses)."""
         if head not in self.prior_losses:
             raise MissingStatisticsError(f"no training prior loss for head {head!r} "
                                          f"(available: {sorted(self.prior_losses)}); {_HINT}")

@@ -185,7 +185,7 @@ def finalize(result: TrainResult, frames: Sequence[Atoms], compute_stats: bool, 
     """Attach training statistics and provenance to the best model and rewrite its checkpoint.
 
     The statistics describe ``frames`` (the training split) under the loss ``weights``, which
-    test-time training reuses so that its stopping target compares like with like.
+    test-time training reuses for its objective.
     """
     from ..checkpoint import save_model
 
