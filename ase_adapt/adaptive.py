@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import copy
 import enum
-import hashlib
 import json
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
-from ase.data import covalent_radii
 
 from . import _keys as K
 from .calculator import MLFFCalculator, is_out_of_memory
@@ -43,26 +38,17 @@ from .models.mlff import MLFF
 from .shift.detectors import DetectorSettings, ShiftReport, detect_shift
 from .shift.radius import RadiusSettings, refine_radius
 from .adapt.samples import label_samples, make_samples
-from .adapt.topology import covalent_bonds
+from .adapt.store import AdaptationStore
+from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
 from .ttt import TTTResult, TTTSettings, prior_head_for, test_time_train
 
-__all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]
+__all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]  # TriggerSettings: re-exported from adapt.trigger
 
 
 class AdaptMode(str, enum.Enum):
     SHIFTED = "shifted"  # radius refinement and TTT only when a detector fires
     ALWAYS = "always"    # adapt every new system
     NEVER = "never"      # detect and report only
-
-
-@dataclass(frozen=True)
-class TriggerSettings:
-    topology_threshold: float = 0.1  # fraction of covalent bonds changed since the last check
-    bond_factor: float = 1.2         # a bond forms: distance < bond_factor * (r_cov,i + r_cov,j)
-    break_factor: float = 1.5        # a bond of the last check breaks: distance > break_factor * (...)
-    # The gap between the two is hysteresis: a C-H bond stretching past 1.2x at 500 K is not a
-    # new topology (without it, thermal flicker re-triggered checks and TTT every few MD steps).
-    every_n_steps: int | None = None
 
 
 class AdaptiveCalculator(MLFFCalculator):
@@ -118,7 +104,7 @@ class AdaptiveCalculator(MLFFCalculator):
         self.rr = RadiusSettings() if radius_refinement is True else (radius_refinement or None)
         self.ttt = TTTSettings() if ttt is True else (ttt or None)
         self.adapt = AdaptMode(adapt)
-        self.trigger = trigger or TriggerSettings()
+        self._trigger = TopologyTrigger(trigger)
         self.stats = dict(self.model.training_stats or {})
         if (self.detectors or self.rr) and "spectrum_mean" not in self.stats:
             raise ValueError("the model has no training statistics, which shift detection and radius refinement "
@@ -130,55 +116,15 @@ class AdaptiveCalculator(MLFFCalculator):
         else:
             self.prior_head = prior_head
         self.event_log = Path(event_log) if event_log is not None else None
-        self.cache_size = int(cache_size)
         self.events: list[dict[str, Any]] = []
         self.shift_report: ShiftReport | None = None
         self.ttt_result: TTTResult | None = None
         self.radius: float | None = None
-        self._adapted = self.model.parameters_before(self.ttt.blocks if self.ttt else 1)
-        self._base = [p.detach().clone() for p in self._adapted]
-        self._cache: OrderedDict[str, tuple] = OrderedDict()
-        self._bonds_ref: np.ndarray | None = None
-        self._numbers_ref: np.ndarray | None = None
-        self._calls = 0
-        self._last_check = 0
-        self._force_next = False
+        self._store = AdaptationStore(self.model.parameters_before(self.ttt.blocks if self.ttt else 1), cache_size)
 
-    # ------------------------------------------------------------------ triggers
-    def _needs_check(self, atoms: Atoms) -> bool:
-        if self._numbers_ref is None or not np.array_equal(atoms.numbers, self._numbers_ref):
-            return True
-        n = self.trigger.every_n_steps
-        if n and self._calls - self._last_check >= n:
-            self._force_next = True  # a periodic check runs afresh, not from the cache
-            return True
-        bonds = covalent_bonds(atoms, self.trigger.bond_factor)
-        ref = self._bonds_ref
-        if bonds.shape == ref.shape and np.array_equal(bonds, ref):
-            return False
-        n = len(atoms)
-        a, r = bonds[:, 0] * n + bonds[:, 1], ref[:, 0] * n + ref[:, 1]
-        formed = len(np.setdiff1d(a, r, assume_unique=True))
-        gone = ref[~np.isin(r, a)]  # reference bonds beyond bond_factor: broken only past break_factor
-        broken = 0
-        if len(gone):
-            vec = atoms.positions[gone[:, 1]] - atoms.positions[gone[:, 0]]
-            if atoms.pbc.any():
-                from ase.geometry import find_mic
-
-                vec = find_mic(vec, atoms.cell, atoms.pbc)[0]
-            radii = covalent_radii[atoms.numbers]
-            limit = self.trigger.break_factor * (radii[gone[:, 0]] + radii[gone[:, 1]])
-            broken = int((np.linalg.norm(vec, axis=1) > limit).sum())
-        return (formed + broken) / max(len(r), 1) > self.trigger.topology_threshold
-
-    def fingerprint(self, atoms: Atoms, bonds: np.ndarray | None = None) -> str:
-        """Numbers + covalent bond graph: what identifies 'the same system' for the cache."""
-        bonds = covalent_bonds(atoms, self.trigger.bond_factor) if bonds is None else bonds
-        h = hashlib.sha256(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(bonds, dtype=np.int64).tobytes())
-        h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
-        return h.hexdigest()[:16]
+    def fingerprint(self, atoms: Atoms) -> str:
+        """Numbers + covalent bond graph + pbc: what identifies 'the same system' for the cache."""
+        return system_fingerprint(atoms, self._trigger.bonds(atoms))
 
     # ------------------------------------------------------------------ adaptation
     def adapted_model(self) -> MLFF:
@@ -193,18 +139,16 @@ class AdaptiveCalculator(MLFFCalculator):
             p.grad = None
         return model
 
-    def _set_weights(self, values: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, v in zip(self._adapted, values):
-                if not torch.equal(p, v):
-                    p.copy_(v)
+    @property
+    def _base(self) -> list[torch.Tensor]:
+        return self._store.base
 
     def reset_adaptation(self) -> None:
         """Back to the base weights and radius; forget every cached adaptation."""
-        self._set_weights(self._base)
-        self._cache.clear()
+        self._store.load_base()
+        self._store.clear()
         self.radius = None
-        self._numbers_ref = None
+        self._trigger.reset()
         self.results = {}
 
     def _log(self, event: dict[str, Any]) -> None:
@@ -220,22 +164,19 @@ class AdaptiveCalculator(MLFFCalculator):
         A system seen before reuses its cached adaptation unless ``fresh``.
         """
         t0 = time.perf_counter()
-        fresh, self._force_next = fresh or self._force_next, False
-        bonds = covalent_bonds(atoms, self.trigger.bond_factor)
-        self._bonds_ref, self._numbers_ref = bonds, atoms.numbers.copy()
-        self._last_check = self._calls
-        fp = self.fingerprint(atoms, bonds)
-        event: dict[str, Any] = {"call": self._calls, "fingerprint": fp, "formula": atoms.get_chemical_formula(),
-                                 "n_atoms": len(atoms)}
-        if fp in self._cache and not fresh:
-            weights, self.radius, self.shift_report, self.ttt_result = self._cache[fp]
-            self._cache.move_to_end(fp)
-            self._set_weights(weights)
+        fresh = fresh or self._trigger.fresh
+        fp = system_fingerprint(atoms, self._trigger.checked(atoms))
+        event: dict[str, Any] = {"call": self._trigger.calls, "fingerprint": fp,
+                                 "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms)}
+        cached = None if fresh else self._store.get(fp)
+        if cached is not None:
+            self.radius, self.shift_report, self.ttt_result = cached.radius, cached.report, cached.ttt
+            self._store.load(cached.weights)
             event.update(action="reused cached adaptation", shifted=self.shift_report.shifted,
                          seconds=time.perf_counter() - t0)
             self._log(event)
             return self.shift_report
-        self._set_weights(self._base)
+        self._store.load_base()
         self.radius, self.ttt_result = None, None
         mapping = check_elements(atoms.numbers, self.model.elements, self.unknown_elements)
         prior_error = oom = None
@@ -280,9 +221,7 @@ class AdaptiveCalculator(MLFFCalculator):
             actions.append("TTT skipped: prior failed")
             event["prior_error"] = prior_error
         self.shift_report = report
-        self._cache[fp] = ([p.detach().clone() for p in self._adapted], self.radius, report, self.ttt_result)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._store.put(fp, self.radius, report, self.ttt_result)
         event.update(action=", ".join(actions) or "none", shifted=report.shifted, reasons=report.reasons,
                      report=report.to_dict(), ttt=self.ttt_result.to_dict() if self.ttt_result else None,
                      seconds=time.perf_counter() - t0)
@@ -296,7 +235,7 @@ class AdaptiveCalculator(MLFFCalculator):
         failure is not cached; the next call on the same structure answers unadapted, and a later
         check of the system (a new topology, ``every_n_steps``, ``check(fresh=True)``) tries again.
         """
-        self._set_weights(self._base)  # test_time_train restored its start; this also covers sampling/labelling
+        self._store.load_base()  # test_time_train restored its start; this also covers sampling/labelling
         self.radius, self.ttt_result, self.shift_report, self.results = None, None, report, {}
         why = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         event.update(action=f"TTT failed: {why}; base weights restored", shifted=report.shifted,
@@ -312,8 +251,8 @@ class AdaptiveCalculator(MLFFCalculator):
         Calculator.calculate(self, atoms, properties, system_changes)
         if "stress" in properties and not self.atoms.pbc.all():
             raise PropertyNotImplementedError("stress is only defined for cells periodic in all three directions")
-        self._calls += 1
-        if self._needs_check(self.atoms):
+        self._trigger.calls += 1
+        if self._trigger.needs_check(self.atoms):
             self.check(self.atoms)
         token = self.model.weights_token()
         self.results = self.evaluate(self.make_graph(self.atoms, cutoff=self.radius))
