@@ -141,7 +141,7 @@ def test_guard_decisions():
     assert not no_gain.accepted and "prior loss" in no_gain.reasons[0]
     away = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.5,
                             main_before=main, main_after=1.2 * main, prior_forces=f_prior)
-    assert not away.accepted and "away from the prior" in away.reasons[0]
+    assert not away.accepted and "closer to the prior" in away.reasons[0]
     blowup = main.copy()
     blowup[0] = [-5.0, 5.0, 0.0]  # one atom's force flips and grows 10x: the 8.5x blow-up kind
     jump = check_adaptation(GuardSettings(), prior_loss_before=1.0, prior_loss_after=0.2,

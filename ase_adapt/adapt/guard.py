@@ -71,7 +71,7 @@ def check_adaptation(settings: GuardSettings, *, prior_loss_before: float, prior
     if not v.prior_loss_ratio <= s.max_prior_loss_ratio:
         v.reasons.append(f"held-out prior loss ratio {v.prior_loss_ratio:.3g} > {s.max_prior_loss_ratio:g}")
     if not v.prior_distance_ratio <= s.max_prior_distance_ratio:
-        v.reasons.append(f"main-head forces moved away from the prior: distance ratio "
+        v.reasons.append(f"main-head forces did not come closer to the prior: distance ratio "
                          f"{v.prior_distance_ratio:.3g} > {s.max_prior_distance_ratio:g}")
     if not v.move_ratio <= s.max_move_ratio:
         v.reasons.append(f"main-head forces jumped: change {v.move_ratio:.3g}x the main-prior distance "
