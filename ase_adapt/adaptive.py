@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from .errors import CalculationFailed, PriorError
 from .models.mlff import MLFF
 from .shift.detectors import DetectorSettings, ShiftReport, detect_shift
 from .shift.radius import RadiusSettings, refine_radius
+from .adapt.events import EventKind, EventLog
 from .adapt.samples import label_samples, make_samples
 from .adapt.store import AdaptationStore
 from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
@@ -115,8 +115,8 @@ class AdaptiveCalculator(MLFFCalculator):
             self.prior_head = prior_head_for(self.model, prior, prior_head)
         else:
             self.prior_head = prior_head
-        self.event_log = Path(event_log) if event_log is not None else None
-        self.events: list[dict[str, Any]] = []
+        self._log = EventLog(event_log)
+        self.events = self._log.events  # one record per check (adapt.events)
         self.shift_report: ShiftReport | None = None
         self.ttt_result: TTTResult | None = None
         self.radius: float | None = None
@@ -151,13 +151,6 @@ class AdaptiveCalculator(MLFFCalculator):
         self._trigger.reset()
         self.results = {}
 
-    def _log(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        if self.event_log is not None:
-            self.event_log.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.event_log, "a") as fh:
-                fh.write(json.dumps(event, default=float) + "\n")
-
     def check(self, atoms: Atoms, fresh: bool = False) -> ShiftReport:
         """Run detection (and adaptation, per ``adapt``) for ``atoms`` now; return the report.
 
@@ -174,7 +167,7 @@ class AdaptiveCalculator(MLFFCalculator):
             self._store.load(cached.weights)
             event.update(action="reused cached adaptation", shifted=self.shift_report.shifted,
                          seconds=time.perf_counter() - t0)
-            self._log(event)
+            self._log.append(event, EventKind.REUSED)
             return self.shift_report
         self._store.load_base()
         self.radius, self.ttt_result = None, None
@@ -225,7 +218,15 @@ class AdaptiveCalculator(MLFFCalculator):
         event.update(action=", ".join(actions) or "none", shifted=report.shifted, reasons=report.reasons,
                      report=report.to_dict(), ttt=self.ttt_result.to_dict() if self.ttt_result else None,
                      seconds=time.perf_counter() - t0)
-        self._log(event)
+        if prior_error is not None:
+            kind = EventKind.PRIOR_FAILED
+        elif self.ttt_result is not None and self.ttt_result.rolled_back:
+            kind = EventKind.ROLLED_BACK
+        elif self.ttt_result is not None or self.radius is not None:
+            kind = EventKind.ADAPTED
+        else:
+            kind = EventKind.NOT_ADAPTED
+        self._log.append(event, kind)
         return report
 
     def _ttt_failed(self, exc: BaseException, event: dict[str, Any], report: ShiftReport, t0: float) -> str | None:
@@ -240,7 +241,7 @@ class AdaptiveCalculator(MLFFCalculator):
         why = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         event.update(action=f"TTT failed: {why}; base weights restored", shifted=report.shifted,
                      reasons=report.reasons, report=report.to_dict(), ttt=None, seconds=time.perf_counter() - t0)
-        self._log(event)
+        self._log.append(event, EventKind.TTT_FAILED)
         if not is_out_of_memory(exc):
             return None
         return (f"out of memory during test-time training of a system of {event['n_atoms']} atoms "

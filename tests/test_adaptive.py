@@ -261,3 +261,23 @@ def test_a_guard_rollback_is_visible_and_the_unadapted_answer_returned(ready):
     assert calc.get_potential_energy(atoms) == pytest.approx(plain, abs=1e-9)
     assert calc.ttt_result.rolled_back and calc.ttt_result.guard["accepted"] is False
     assert "rolled back by the guard" in calc.events[-1]["action"] and "jumped" in calc.events[-1]["action"]
+
+
+def test_every_check_has_a_typed_kind(ready, tmp_path):
+    """Programs switch on ``kind`` (adapt.events.EventKind), not on the readable ``action``."""
+    import json
+
+    from ase_adapt.adapt.events import EventKind
+
+    log = tmp_path / "events.jsonl"
+    atoms = _far_from_training()
+    calc = _calc(ready, event_log=log, trigger=TriggerSettings(every_n_steps=1))
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert calc.events[-1]["kind"] == EventKind.ADAPTED.value
+    calc.check(atoms.copy())  # the same system again: its cached adaptation
+    assert calc.events[-1]["kind"] == EventKind.REUSED.value
+    never = _calc(ready, adapt="never")
+    never.get_potential_energy(atoms.copy())
+    assert never.events[-1]["kind"] == EventKind.NOT_ADAPTED.value
+    assert [json.loads(line)["kind"] for line in log.read_text().splitlines()] == [e["kind"] for e in calc.events]
