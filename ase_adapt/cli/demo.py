@@ -17,7 +17,7 @@ option) and:
 4. writes the trajectories (extxyz), ``summary.json`` and two plots (h(r) with and without TTT
    against the reference MD; force parity) into ``--out``.
 
-A few minutes on 2 CPU cores with the defaults. Needs the priors extra (``pip install
+About a minute on 2 idle CPU cores with the defaults. Needs the priors extra (``pip install
 ase-adapt[demo]``).
 """
 
