@@ -80,10 +80,9 @@ def prior_md_samples(atoms: Atoms, prior: Any, s: SampleSettings,
                      rng: np.random.Generator) -> tuple[list[Atoms], list[dict[str, Any]]]:
     """Snapshots of Langevin MD driven by ``prior`` and their labels, until the bonds change."""
     from ase import units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-
-    from ase.constraints import FixCom
 
     md = _bare(atoms)
     md.set_constraint(FixCom())
