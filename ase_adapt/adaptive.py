@@ -139,10 +139,6 @@ class AdaptiveCalculator(MLFFCalculator):
             p.grad = None
         return model
 
-    @property
-    def _base(self) -> list[torch.Tensor]:
-        return self._store.base
-
     def reset_adaptation(self) -> None:
         """Back to the base weights and radius; forget every cached adaptation."""
         self._store.load_base()
@@ -195,11 +191,15 @@ class AdaptiveCalculator(MLFFCalculator):
             actions.append(f"radius {rr.radius:.2f} Å")
         if do_adapt and self.ttt and prior_error is None and labels is not None:
             try:
+                t_samples = time.perf_counter()
                 samples, labels = make_samples(atoms, self.ttt.sample_settings(), self.prior, labels=labels)
+                t_samples = time.perf_counter() - t_samples
                 model_samples = [Atoms(numbers=mapping.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
                                  for a in samples]
                 self.ttt_result = test_time_train(self.model, atoms, self.prior, self.ttt, head=self.prior_head,
                                                   cutoff=self.radius, samples=model_samples, labels=labels)
+                self.ttt_result.prior_seconds += t_samples  # sampling MD and labelling happened here
+                self.ttt_result.seconds += t_samples
                 actions.append(f"TTT rolled back: {self.ttt_result.stop_reason}" if self.ttt_result.rolled_back
                                else f"TTT {self.ttt_result.steps} steps")
             except PriorError as exc:

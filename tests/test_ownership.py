@@ -115,7 +115,7 @@ def test_a_calculator_built_after_another_adapted_starts_from_the_pretrained_wei
 
     later = _adaptive(model, adapt="never")
     assert later.get_potential_energy(atoms.copy()) == e_pretrained
-    assert all(torch.equal(b, p) for b, p in zip(later._base, ready.parameters_before(1)))
+    assert all(torch.equal(b, p) for b, p in zip(later._store.base, ready.parameters_before(1)))
     again = _adaptive(model)  # CPU TTT from the same start is deterministic: the same adaptation
     assert again.get_potential_energy(atoms.copy()) == e_adapted
 

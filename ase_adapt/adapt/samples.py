@@ -18,11 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.data import covalent_radii
 
 from .. import _keys as K
 from ..errors import PriorError
-from .topology import covalent_bonds
+from .topology import bond_changes, covalent_bonds
 
 __all__ = ["SampleSettings", "make_samples", "label_samples", "prior_md_samples"]
 
@@ -94,8 +93,6 @@ def prior_md_samples(atoms: Atoms, prior: Any, s: SampleSettings,
     dyn = Langevin(md, s.md_timestep * units.fs, temperature_K=s.md_temperature, friction=s.md_friction / units.fs,
                    fixcm=False, rng=rng)
     bonds = covalent_bonds(atoms, s.bond_factor)
-    radii = covalent_radii[atoms.numbers]
-    limit = s.break_factor * (radii[bonds[:, 0]] + radii[bonds[:, 1]])
     extent = np.ptp(atoms.positions, axis=0).max() if len(atoms) else 0.0
     samples, labels = [], []
     try:
@@ -109,31 +106,14 @@ def prior_md_samples(atoms: Atoms, prior: Any, s: SampleSettings,
                 raise PriorError(f"prior {type(prior).__name__} failed in the TTT sampling MD at snapshot {k}: "
                                  f"{type(exc).__name__}: {exc}") from exc
             snap = _bare(md)  # no constraint: the sample is a plain structure
-            if _flew_apart(snap, extent) or _bonds_changed(snap, bonds, limit, s.bond_factor):
+            if _flew_apart(snap, extent) or bond_changes(snap, bonds, covalent_bonds(snap, s.bond_factor),
+                                                         s.break_factor):
                 break  # the prior does not hold this structure together: keep what came before
             samples.append(snap)
             labels.append(_checked(prior, e, f, f"TTT MD snapshot {k}"))
     finally:
         md.calc = None
     return samples, labels
-
-
-def _bonds_changed(atoms: Atoms, bonds: np.ndarray, limit: np.ndarray, bond_factor: float) -> bool:
-    """A bond of the structure stretched past its break limit, or a bond formed that it lacked.
-
-    The gap between forming (``bond_factor``) and breaking (``break_factor``) is hysteresis: a C-H
-    bond stretching past 1.2x at 500 K is not a new molecule.
-    """
-    vec = atoms.positions[bonds[:, 1]] - atoms.positions[bonds[:, 0]]
-    if atoms.pbc.any() and len(vec):
-        from ase.geometry import find_mic
-
-        vec = find_mic(vec, atoms.cell, atoms.pbc)[0]
-    if (np.linalg.norm(vec, axis=1) > limit).any():
-        return True
-    now = covalent_bonds(atoms, bond_factor)
-    known = {(int(i), int(j)) for i, j in bonds}
-    return any((int(i), int(j)) not in known for i, j in now)
 
 
 def _flew_apart(atoms: Atoms, extent: float) -> bool:

@@ -9,7 +9,7 @@ from ase.data import covalent_radii
 
 from ..graph import neighbour_list
 
-__all__ = ["covalent_bonds"]
+__all__ = ["covalent_bonds", "bond_changes"]
 
 
 def covalent_bonds(atoms: Atoms, factor: float = 1.2) -> np.ndarray:
@@ -22,3 +22,26 @@ def covalent_bonds(atoms: Atoms, factor: float = 1.2) -> np.ndarray:
     keep = (i < j) & (d < factor * (radii[i] + radii[j]))
     pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0)
     return pairs.reshape(-1, 2)
+
+
+def bond_changes(atoms: Atoms, reference: np.ndarray, now: np.ndarray, break_factor: float = 1.5) -> int:
+    """Bonds formed plus bonds broken between ``reference`` and ``atoms`` (whose bonds are ``now``).
+
+    A bond forms when it appears in ``now`` (built at the forming factor); a reference bond breaks
+    only when it is longer than ``break_factor`` × (r_cov,i + r_cov,j). The gap is hysteresis: a
+    C-H bond stretching past 1.2x at 500 K is not a new topology.
+    """
+    n = len(atoms)
+    a, r = now[:, 0] * n + now[:, 1], reference[:, 0] * n + reference[:, 1]
+    formed = len(np.setdiff1d(a, r, assume_unique=True))
+    gone = reference[~np.isin(r, a)]  # reference bonds beyond the forming factor: broken only past break_factor
+    if not len(gone):
+        return formed
+    vec = atoms.positions[gone[:, 1]] - atoms.positions[gone[:, 0]]
+    if atoms.pbc.any():
+        from ase.geometry import find_mic
+
+        vec = find_mic(vec, atoms.cell, atoms.pbc)[0]
+    radii = covalent_radii[atoms.numbers]
+    limit = break_factor * (radii[gone[:, 0]] + radii[gone[:, 1]])
+    return formed + int((np.linalg.norm(vec, axis=1) > limit).sum())

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
-from ase.data import covalent_radii
 
-from .topology import covalent_bonds
+from .topology import bond_changes, covalent_bonds
 
 __all__ = ["TriggerSettings", "TopologyTrigger", "system_fingerprint"]
 
@@ -72,19 +71,5 @@ class TopologyTrigger:
             return True
         bonds, ref = self.bonds(atoms), self._bonds
         if bonds.shape == ref.shape and np.array_equal(bonds, ref):
-            return False
-        n = len(atoms)
-        a, r = bonds[:, 0] * n + bonds[:, 1], ref[:, 0] * n + ref[:, 1]
-        formed = len(np.setdiff1d(a, r, assume_unique=True))
-        gone = ref[~np.isin(r, a)]  # reference bonds beyond bond_factor: broken only past break_factor
-        broken = 0
-        if len(gone):
-            vec = atoms.positions[gone[:, 1]] - atoms.positions[gone[:, 0]]
-            if atoms.pbc.any():
-                from ase.geometry import find_mic
-
-                vec = find_mic(vec, atoms.cell, atoms.pbc)[0]
-            radii = covalent_radii[atoms.numbers]
-            limit = s.break_factor * (radii[gone[:, 0]] + radii[gone[:, 1]])
-            broken = int((np.linalg.norm(vec, axis=1) > limit).sum())
-        return (formed + broken) / max(len(r), 1) > s.topology_threshold
+            return False  # the MD hot path: one neighbour list, nothing else
+        return bond_changes(atoms, ref, bonds, s.break_factor) / max(len(ref), 1) > s.topology_threshold
