@@ -12,10 +12,15 @@ NODE_ENERGY = "node_energy"
 FORCES = "forces"
 STRESS = "stress"
 
-# dataset labels (atoms.info / atoms.arrays; ASE single-point results are read too)
+# reference labels in a dataset (atoms.info / atoms.arrays; ASE single-point results are read too)
 REF_ENERGY = "energy"
 REF_FORCES = "forces"
 REF_STRESS = "stress"
+# one structure's labels as a dict (labels.frame_labels, losses.make_targets, a prior's label()):
+# the same keys whoever labelled it, the reference or a prior
+LABEL_ENERGY = "energy"
+LABEL_FORCES = "forces"
+LABEL_STRESS = "stress"
 PRIOR_ENERGY = "prior_energy"
 PRIOR_FORCES = "prior_forces"
 PRIOR_STRESS = "prior_stress"
@@ -28,7 +33,7 @@ PRIOR_HEAD = "prior"
 
 # checkpoint format
 FORMAT_NAME = "ase-adapt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads saved under identifier keys (models/heads.py); 1 still loads
 META_FORMAT = "format"
 META_VERSION = "format_version"
 META_CONFIG = "config"

@@ -1,8 +1,9 @@
 """``AdaptiveCalculator``: detect distribution shift on structure changes, adapt, then predict.
 
-Thin orchestration (DESIGN.md §Architecture): it asks :mod:`ase_adapt.shift` whether the
-system is shifted, :mod:`ase_adapt.shift.radius` for a radius, :mod:`ase_adapt.ttt` to adapt,
-and the model to predict. The science lives in those rooms.
+Thin orchestration (DESIGN.md §Architecture): :mod:`ase_adapt.adapt.pipeline` goes from atoms to
+an adaptation state (labels -> detectors -> decision -> radius -> TTT), the store keeps it per
+system, the event log records it, and :class:`MLFFCalculator`'s path predicts with it
+(``calculate`` = atoms -> :meth:`graph_cutoff`, which checks and adapts when needed -> prediction).
 
 When is a system checked? On the first call, when the atomic numbers change, when the bond
 topology (covalent bonds) has changed by more than ``topology_threshold`` since the last check,
@@ -20,35 +21,27 @@ current adapted weights. A TTT that raises restores the base weights before the 
 from __future__ import annotations
 
 import copy
-import enum
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _keys as K
-from .calculator import MLFFCalculator, is_out_of_memory
-from .elements import UnknownPolicy, check_elements
-from .errors import CalculationFailed, PriorError
-from .models.mlff import MLFF
-from .shift.detectors import DetectorSettings, ShiftReport, detect_shift
-from .shift.radius import RadiusSettings, refine_radius
 from .adapt.events import EventKind, EventLog
-from .adapt.samples import label_samples, make_samples
+from .adapt.pipeline import AdaptationState, AdaptMode, AdaptSettings, adapt, assess
 from .adapt.store import AdaptationStore
 from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
-from .ttt import TTTResult, TTTSettings, prior_head_for, test_time_train
+from .adapt.ttt import TTTResult, TTTSettings, prior_head_for
+from .calculator import MLFFCalculator, is_out_of_memory
+from .elements import UnknownPolicy
+from .errors import CalculationFailed
+from .models.mlff import MLFF
+from .shift.detectors import DetectorSettings, ShiftReport
+from .shift.radius import RadiusSettings
 
-__all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]  # TriggerSettings: re-exported from adapt.trigger
-
-
-class AdaptMode(str, enum.Enum):
-    SHIFTED = "shifted"  # radius refinement and TTT only when a detector fires
-    ALWAYS = "always"    # adapt every new system
-    NEVER = "never"      # detect and report only
+__all__ = ["AdaptMode", "TriggerSettings", "AdaptiveCalculator"]  # both re-exported from ase_adapt.adapt
 
 
 class AdaptiveCalculator(MLFFCalculator):
@@ -59,16 +52,18 @@ class AdaptiveCalculator(MLFFCalculator):
     model: an MLFF, checkpoint path or built-in name, with training statistics.
     prior: a prior spec (``"gfn2-xtb"``, ``"gfn-ff"``, ``"sgdml:PATH"``, ``"lj"``, ``"emt"``) or
         an ASE calculator; needed by the force-norm detector and by TTT.
-    detectors: :class:`DetectorSettings`, or False to skip detection (then ``adapt`` decides).
+    detectors: :class:`DetectorSettings`, or False to skip detection (then ``adapt_when`` decides).
     radius_refinement: :class:`RadiusSettings`, True for defaults, or False.
     ttt: :class:`TTTSettings`, True for defaults, or False.
-    adapt: ``"shifted"`` (default), ``"always"`` or ``"never"``.
+    adapt_when: ``"shifted"`` (default: when a detector fires), ``"always"`` or ``"never"``.
     prior_head: the head matching ``prior`` (default ``prior:<kind>``; a mismatch is refused).
     event_log: optional JSONL file; one line per check with what was detected and done.
 
-    ``self.model`` is the calculator's private copy of ``model`` (cast to ``device``/``dtype``),
-    which holds the adapted weights; the model passed in is never modified, and later changes to
-    it are not seen. Use :meth:`adapted_model` to export the adapted weights as a new model.
+    ``self.settings`` (:class:`~ase_adapt.adapt.pipeline.AdaptSettings`) holds the detector,
+    radius and TTT settings as given. ``self.model`` is the calculator's private copy of
+    ``model`` (cast to ``device``/``dtype``), which holds the adapted weights; the model passed in
+    is never modified, and later changes to it are not seen. :meth:`adapted_model` exports the
+    adapted weights as a new model; :attr:`radius` is the graph radius in use.
     """
 
     private_model = True  # adaptation writes weights: never into the user's model
@@ -82,7 +77,7 @@ class AdaptiveCalculator(MLFFCalculator):
         detectors: DetectorSettings | bool = True,
         radius_refinement: RadiusSettings | bool = False,
         ttt: TTTSettings | bool = True,
-        adapt: AdaptMode | str = AdaptMode.SHIFTED,
+        adapt_when: AdaptMode | str = AdaptMode.SHIFTED,
         trigger: TriggerSettings | None = None,
         prior_head: str | None = None,
         unknown_elements: UnknownPolicy = "error",
@@ -100,27 +95,45 @@ class AdaptiveCalculator(MLFFCalculator):
 
             prior = make_prior(prior)
         self.prior = prior
-        self.detectors = DetectorSettings() if detectors is True else (detectors or None)
-        self.rr = RadiusSettings() if radius_refinement is True else (radius_refinement or None)
-        self.ttt = TTTSettings() if ttt is True else (ttt or None)
-        self.adapt = AdaptMode(adapt)
-        self._trigger = TopologyTrigger(trigger)
-        self.stats = dict(self.model.training_stats or {})
-        if (self.detectors or self.rr) and "spectrum_mean" not in self.stats:
-            raise ValueError("the model has no training statistics, which shift detection and radius refinement "
-                             "need; compute them with `ase-adapt stats --model M --data TRAIN.xyz --out M2`")
-        if self.ttt is not None and self.adapt is not AdaptMode.NEVER:
+        ttt_settings = TTTSettings() if ttt is True else (ttt or None)
+        when = AdaptMode(adapt_when)
+        if ttt_settings is not None and when is not AdaptMode.NEVER:
             if prior is None:
                 raise ValueError("test-time training needs a prior (prior='gfn-ff', 'sgdml:PATH', ...) or ttt=False")
-            self.prior_head = prior_head_for(self.model, prior, prior_head)
-        else:
-            self.prior_head = prior_head
+            prior_head = prior_head_for(self.model, prior, prior_head)
+        self.settings = AdaptSettings(
+            detectors=DetectorSettings() if detectors is True else (detectors or None),
+            radius=RadiusSettings() if radius_refinement is True else (radius_refinement or None),
+            ttt=ttt_settings, when=when, prior_head=prior_head, unknown_elements=unknown_elements)
+        self.stats = dict(self.model.training_stats or {})
+        if (self.settings.detectors or self.settings.radius) and "spectrum_mean" not in self.stats:
+            raise ValueError("the model has no training statistics, which shift detection and radius refinement "
+                             "need; compute them with `ase-adapt stats --model M --data TRAIN.xyz --out M2`")
+        self._trigger = TopologyTrigger(trigger)
         self._log = EventLog(event_log)
         self.events = self._log.events  # one record per check (adapt.events)
-        self.shift_report: ShiftReport | None = None
-        self.ttt_result: TTTResult | None = None
-        self.radius: float | None = None
-        self._store = AdaptationStore(self.model.parameters_before(self.ttt.blocks if self.ttt else 1), cache_size)
+        self.state: AdaptationState | None = None  # the adaptation in use (None: not checked yet)
+        self._store = AdaptationStore(
+            self.model.parameters_before(ttt_settings.adapted_blocks if ttt_settings else 1), cache_size)
+
+    # ------------------------------------------------------------------ what is in use
+    @property
+    def prior_head(self) -> str | None:
+        return self.settings.prior_head
+
+    @property
+    def radius(self) -> float:
+        """The graph radius in use (Å): the refined one, else the model's cutoff."""
+        refined = self.state.radius if self.state is not None else None
+        return self.model.cutoff if refined is None else refined
+
+    @property
+    def shift_report(self) -> ShiftReport | None:
+        return self.state.report if self.state is not None else None
+
+    @property
+    def ttt_result(self) -> TTTResult | None:
+        return self.state.ttt if self.state is not None else None
 
     def fingerprint(self, atoms: Atoms) -> str:
         """Numbers + covalent bond graph + pbc: what identifies 'the same system' for the cache."""
@@ -132,7 +145,7 @@ class AdaptiveCalculator(MLFFCalculator):
 
         The explicit export of an adaptation: the calculator keeps adapting its own copy, and
         changes to the returned model never reach the calculator. The refined graph radius is
-        not part of the weights; it is ``self.radius`` (None: the model's cutoff).
+        not part of the weights; it is :attr:`radius`.
         """
         model = copy.deepcopy(self.model)
         for p in model.parameters():
@@ -143,12 +156,12 @@ class AdaptiveCalculator(MLFFCalculator):
         """Back to the base weights and radius; forget every cached adaptation."""
         self._store.load_base()
         self._store.clear()
-        self.radius = None
+        self.state = None
         self._trigger.reset()
         self.results = {}
 
     def check(self, atoms: Atoms, fresh: bool = False) -> ShiftReport:
-        """Run detection (and adaptation, per ``adapt``) for ``atoms`` now; return the report.
+        """Run detection (and adaptation, per ``adapt_when``) for ``atoms`` now; return the report.
 
         A system seen before reuses its cached adaptation unless ``fresh``.
         """
@@ -159,75 +172,34 @@ class AdaptiveCalculator(MLFFCalculator):
                                  "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms)}
         cached = None if fresh else self._store.get(fp)
         if cached is not None:
-            self.radius, self.shift_report, self.ttt_result = cached.radius, cached.report, cached.ttt
+            self.state = cached.state
             self._store.load(cached.weights)
-            event.update(action="reused cached adaptation", shifted=self.shift_report.shifted,
+            event.update(action="reused cached adaptation", shifted=self.state.report.shifted,
                          seconds=time.perf_counter() - t0)
             self._log.append(event, EventKind.REUSED)
-            return self.shift_report
+            return self.state.report
         self._store.load_base()
-        self.radius, self.ttt_result = None, None
-        mapping = check_elements(atoms.numbers, self.model.elements, self.unknown_elements)
-        prior_error = oom = None
-        labels = None
-        if self.prior is not None and (self.ttt or (self.detectors and self.detectors.force_norm)):
-            try:  # the structure itself; rattled/MD samples only if TTT runs
-                labels = label_samples([atoms], self.prior)
-            except PriorError as exc:
-                prior_error = str(exc)
-        prior_forces = labels[0][K.REF_FORCES] if labels else None
-        if self.detectors:
-            report = detect_shift(atoms, self.stats, prior_forces=prior_forces, prior_head=self.prior_head,
-                                  cutoff=self.model.cutoff, settings=self.detectors)
+        self.state = None
+        found = assess(self.model, atoms, self.prior, self.stats, self.settings)
+        try:
+            state = adapt(self.model, atoms, found, self.prior, self.stats, self.settings)
+        except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
+            oom = self._ttt_failed(exc, event, found.report, t0)
+            if oom is None:
+                raise
         else:
-            report = ShiftReport(n_atoms=len(atoms))
-        report.unknown_elements = mapping.report
-        do_adapt = self.adapt is AdaptMode.ALWAYS or (self.adapt is AdaptMode.SHIFTED and report.shifted)
-        actions = []
-        if do_adapt and self.rr:
-            rr = refine_radius(atoms, self.stats, self.rr, training_cutoff=self.model.cutoff)
-            self.radius = rr.radius if rr.radius < self.model.cutoff else None
-            report.radius, report.radius_detail = rr.radius, rr.to_dict()
-            actions.append(f"radius {rr.radius:.2f} Å")
-        if do_adapt and self.ttt and prior_error is None and labels is not None:
-            try:
-                t_samples = time.perf_counter()
-                samples, labels = make_samples(atoms, self.ttt.sample_settings(), self.prior, labels=labels)
-                t_samples = time.perf_counter() - t_samples
-                model_samples = [Atoms(numbers=mapping.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
-                                 for a in samples]
-                self.ttt_result = test_time_train(self.model, atoms, self.prior, self.ttt, head=self.prior_head,
-                                                  cutoff=self.radius, samples=model_samples, labels=labels)
-                self.ttt_result.prior_seconds += t_samples  # sampling MD and labelling happened here
-                self.ttt_result.seconds += t_samples
-                actions.append(f"TTT rolled back: {self.ttt_result.stop_reason}" if self.ttt_result.rolled_back
-                               else f"TTT {self.ttt_result.steps} steps")
-            except PriorError as exc:
-                prior_error = str(exc)
-            except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
-                oom = self._ttt_failed(exc, event, report, t0)
-                if oom is None:
-                    raise
+            oom = None
         if oom is not None:  # raised outside the handler, so the failed TTT's tensors can be freed
             raise CalculationFailed(oom)
-        if prior_error is not None:
-            actions.append("TTT skipped: prior failed")
-            event["prior_error"] = prior_error
-        self.shift_report = report
-        self._store.put(fp, self.radius, report, self.ttt_result)
-        event.update(action=", ".join(actions) or "none", shifted=report.shifted, reasons=report.reasons,
-                     report=report.to_dict(), ttt=self.ttt_result.to_dict() if self.ttt_result else None,
+        self.state = state
+        self._store.put(fp, state)
+        event.update(action=state.action, shifted=state.report.shifted, reasons=state.report.reasons,
+                     report=state.report.to_dict(), ttt=state.ttt.to_dict() if state.ttt else None,
                      seconds=time.perf_counter() - t0)
-        if prior_error is not None:
-            kind = EventKind.PRIOR_FAILED
-        elif self.ttt_result is not None and self.ttt_result.rolled_back:
-            kind = EventKind.ROLLED_BACK
-        elif self.ttt_result is not None or self.radius is not None:
-            kind = EventKind.ADAPTED
-        else:
-            kind = EventKind.NOT_ADAPTED
-        self._log.append(event, kind)
-        return report
+        if state.prior_error is not None:
+            event["prior_error"] = state.prior_error
+        self._log.append(event, state.kind)
+        return state.report
 
     def _ttt_failed(self, exc: BaseException, event: dict[str, Any], report: ShiftReport, t0: float) -> str | None:
         """After a TTT that raised: base weights and radius back, an event saying why.
@@ -237,7 +209,7 @@ class AdaptiveCalculator(MLFFCalculator):
         check of the system (a new topology, ``every_n_steps``, ``check(fresh=True)``) tries again.
         """
         self._store.load_base()  # test_time_train restored its start; this also covers sampling/labelling
-        self.radius, self.ttt_result, self.shift_report, self.results = None, None, report, {}
+        self.state, self.results = AdaptationState(report), {}
         why = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         event.update(action=f"TTT failed: {why}; base weights restored", shifted=report.shifted,
                      reasons=report.reasons, report=report.to_dict(), ttt=None, seconds=time.perf_counter() - t0)
@@ -248,13 +220,9 @@ class AdaptiveCalculator(MLFFCalculator):
                 f"({event['formula']}); the base weights were restored ({why})")
 
     # ------------------------------------------------------------------ ASE
-    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
-        Calculator.calculate(self, atoms, properties, system_changes)
-        if "stress" in properties and not self.atoms.pbc.all():
-            raise PropertyNotImplementedError("stress is only defined for cells periodic in all three directions")
+    def graph_cutoff(self, atoms: Atoms) -> float:
+        """Before each prediction: check (and adapt) when the trigger says so; the radius to use."""
         self._trigger.calls += 1
-        if self._trigger.needs_check(self.atoms):
-            self.check(self.atoms)
-        token = self.model.weights_token()
-        self.results = self.evaluate(self.make_graph(self.atoms, cutoff=self.radius))
-        self._token = token
+        if self._trigger.needs_check(atoms):
+            self.check(atoms)
+        return self.radius

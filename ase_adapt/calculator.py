@@ -28,11 +28,13 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import _keys as K
+from ._dtypes import as_dtype
 from .elements import SpeciesMapping, UnknownPolicy, check_elements
 from .errors import CalculationFailed, InvalidStructureError
 from .graph import AtomicGraph, build_graph
 from .models.mlff import MLFF
 
+_ASE_KWARGS = {"restart", "ignore_bad_restart_file", "label", "atoms", "directory"}  # ase Calculator's own
 INFO_KEYS = ("charge", "spin")  # atoms.info entries that change the physical system
 _MODE_DEPENDENT = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
 
@@ -90,14 +92,17 @@ class MLFFCalculator(Calculator):
         min_distance: float = 0.1,
         **kwargs: Any,
     ) -> None:
+        unexpected = sorted(set(kwargs) - _ASE_KWARGS)
+        if unexpected:  # ASE's Calculator would store them as parameters, silently unused
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}")
         super().__init__(**kwargs)
         owned = not isinstance(model, MLFF)
         if owned:
             from .checkpoint import load_model
 
             model = load_model(model)
-        if isinstance(dtype, str):
-            dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        if dtype is not None:
+            dtype = as_dtype(dtype)
         self.model = self._take_model(model, torch.device(device) if device is not None else None, dtype, owned)
         if head not in self.model.heads:
             raise KeyError(f"model has no head {head!r}; heads: {self.model.head_names}")
@@ -175,10 +180,15 @@ class MLFFCalculator(Calculator):
                 raise CalculationFailed(f"model returned non-finite {key} for a system of {graph.num_nodes} atoms")
         return results
 
+    def graph_cutoff(self, atoms: Atoms) -> float:
+        """The graph radius for ``atoms`` (the model's cutoff); the adaptive calculator checks and adapts here."""
+        return self.model.cutoff
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if "stress" in properties and not self.atoms.pbc.all():
             raise PropertyNotImplementedError("stress is only defined for cells periodic in all three directions")
+        cutoff = self.graph_cutoff(self.atoms)  # may change the weights (adaptation): token after it
         token = self.model.weights_token()
-        self.results = self.evaluate(self.make_graph(self.atoms))
+        self.results = self.evaluate(self.make_graph(self.atoms, cutoff=cutoff))
         self._token = token

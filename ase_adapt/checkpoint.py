@@ -11,6 +11,12 @@ refuses any pickled object beyond tensors and plain containers.
 
 Writes go to a temporary file in the target directory and are renamed into place, so a crash
 never leaves a half-written checkpoint.
+
+Versions: format 2 saves each head's weights under an identifier key (``model.heads.prior_gfn_ff.``,
+:mod:`ase_adapt.models.heads`); format 1 used the public name (``model.heads.prior:gfn-ff.``).
+Statistics carry their own ``stats_version``. Both older forms load: the head keys are renamed by
+the model's ``load_state_dict`` hook, the statistics by :func:`~ase_adapt.shift.stats.upgrade_stats`
+(``tests/test_checkpoint_versions.py`` loads a checkpoint saved by the format-1 code).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import _keys as K
+from ._dtypes import as_dtype
 from .errors import CheckpointError
 from .models.build import ModelConfig, build_model, new_head
 from .models.mlff import MLFF
 from .models.serialize import checkpoint_payload, save_model  # noqa: F401  (public here)
+from .shift.stats import upgrade_stats
 
 # name -> packaged checkpoint. "default": trained on aspirin, benzene and uracil (GFN2-xTB reference,
 # GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
@@ -120,7 +128,7 @@ def load_model(
     for k, v in tensors.items():
         if k.startswith(K.STATS_PREFIX):
             stats[k[len(K.STATS_PREFIX):]] = v.numpy()
-    model.training_stats = stats or None
+    model.training_stats = upgrade_stats(stats) or None  # older statistics in today's names
     if dtype is not None:
-        model = model.to(dtype if isinstance(dtype, torch.dtype) else ModelConfig(dtype=dtype).torch_dtype)
+        model = model.to(as_dtype(dtype))
     return model.to(device)

@@ -22,7 +22,7 @@ from ase import Atoms
 from . import _keys as K
 from .errors import DataError
 from .labels import get_label
-from .ttt import TTTSettings
+from .adapt.ttt import TTTSettings
 
 __all__ = ["EvaluateSettings", "evaluate_frames"]
 
@@ -110,7 +110,7 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
         has_stats = bool(model.training_stats) and "spectrum_mean" in model.training_stats
         calc = AdaptiveCalculator(  # adapts a private copy: the caller's model is never touched
             model, prior, head=s.head, detectors=has_stats, radius_refinement=s.rr,
-            ttt=s.ttt_settings if s.ttt else False, adapt="always" if adapt else "never",
+            ttt=s.ttt_settings if s.ttt else False, adapt_when="always" if adapt else "never",
             prior_head=s.prior_head, unknown_elements=s.unknown_elements,
         )
         t0 = time.perf_counter()
@@ -137,8 +137,8 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
                 except Exception:  # PriorError: count it, do not crash the evaluation
                     failed += 1
                     continue
-                e_pri.append((lab[K.REF_ENERGY], e, len(a)))
-                f_pri.append((lab[K.REF_FORCES], f))
+                e_pri.append((lab[K.LABEL_ENERGY], e, len(a)))
+                f_pri.append((lab[K.LABEL_FORCES], f))
             timings["prior_seconds"] = time.perf_counter() - t0
             if f_pri:
                 out["prior_force_mae_mev_per_A"] = _mae(np.concatenate([p for p, _ in f_pri]),

@@ -103,13 +103,13 @@ def frame_labels(
     With ``required=True`` a missing energy or forces label raises; stress is always optional
     (and only read for 3D-periodic frames).
     """
-    out: dict[str, Any] = {K.REF_ENERGY: None, K.REF_FORCES: None, K.REF_STRESS: None}
+    out: dict[str, Any] = {K.LABEL_ENERGY: None, K.LABEL_FORCES: None, K.LABEL_STRESS: None}
     if energy_key:
-        out[K.REF_ENERGY] = get_label(atoms, energy_key, index, required=required)
+        out[K.LABEL_ENERGY] = get_label(atoms, energy_key, index, required=required)
     if forces_key:
-        out[K.REF_FORCES] = get_label(atoms, forces_key, index, required=required)
+        out[K.LABEL_FORCES] = get_label(atoms, forces_key, index, required=required)
     if stress_key and atoms.pbc.all():
-        out[K.REF_STRESS] = get_label(atoms, stress_key, index, required=False)
+        out[K.LABEL_STRESS] = get_label(atoms, stress_key, index, required=False)
     return out
 
 

@@ -79,18 +79,18 @@ def make_targets(
 ) -> Targets:
     """Stack per-frame label dicts (``energy`` float, ``forces`` [n,3], ``stress`` [3,3]; any may be None)."""
     out: dict[str, torch.Tensor] = {}
-    e = [lab.get(K.REF_ENERGY) for lab in labels]
+    e = [lab.get(K.LABEL_ENERGY) for lab in labels]
     if any(v is not None for v in e):
         out["energy"] = torch.tensor([0.0 if v is None else float(v) for v in e], dtype=torch.float64, device=device)
         out["energy_mask"] = torch.tensor([v is not None for v in e], device=device)
-    f = [lab.get(K.REF_FORCES) for lab in labels]
+    f = [lab.get(K.LABEL_FORCES) for lab in labels]
     if any(v is not None for v in f):
         blocks = [np.zeros((n, 3)) if v is None else np.asarray(v, dtype=np.float64) for v, n in zip(f, n_atoms)]
         out["forces"] = torch.as_tensor(np.concatenate(blocks), dtype=dtype, device=device)
         out["forces_mask"] = torch.as_tensor(
             np.concatenate([np.full(n, v is not None) for v, n in zip(f, n_atoms)]), device=device
         )
-    s = [lab.get(K.REF_STRESS) for lab in labels]
+    s = [lab.get(K.LABEL_STRESS) for lab in labels]
     if any(v is not None for v in s):
         out["stress"] = torch.as_tensor(
             np.stack([np.zeros((3, 3)) if v is None else np.asarray(v, dtype=np.float64) for v in s]),

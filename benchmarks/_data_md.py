@@ -271,14 +271,13 @@ def label_stats(frames: list, key_e: str, key_f: str, ref: bool = False) -> dict
 
 def bonds_changed(start: Any, frames: list) -> int:
     """Frames whose covalent connectivity (1.25 x sum of covalent radii) differs from ``start``'s."""
-    from ase.data import covalent_radii
+    from ase_adapt.adapt.topology import covalent_bonds
 
-    r = covalent_radii[start.numbers]
-    cut = 1.25 * (r[:, None] + r[None, :])
-    iu = np.triu_indices(len(r), 1)
-    bonds = lambda pos: (np.linalg.norm(pos[:, None] - pos[None], axis=-1) < cut)[iu]  # noqa: E731
-    ref = bonds(start.positions)
-    return int(sum(not np.array_equal(bonds(a.positions), ref) for a in frames))
+    ref = covalent_bonds(start, BOND_FACTOR)
+    return int(sum(not np.array_equal(covalent_bonds(a, BOND_FACTOR), ref) for a in frames))
+
+
+BOND_FACTOR = 1.25  # x sum of covalent radii: a bond, in the data checks
 
 
 @contextlib.contextmanager

@@ -89,12 +89,9 @@ def rdkit_bonds(mol: Any) -> set[tuple[int, int]]:
 
 
 def distance_bonds(atoms: Any, factor: float = BOND_FACTOR) -> set[tuple[int, int]]:
-    from ase.data import covalent_radii
+    from ase_adapt.adapt.topology import covalent_bonds
 
-    r = covalent_radii[atoms.numbers]
-    d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
-    i, j = np.nonzero(np.triu(d < factor * (r[:, None] + r[None, :]), 1))
-    return set(zip(i.tolist(), j.tolist()))
+    return {(int(i), int(j)) for i, j in covalent_bonds(atoms, factor)}
 
 
 def check_bonds(mol: Any, atoms: Any, what: str) -> None:

@@ -81,7 +81,7 @@ def step_overhead(model, steps: int) -> dict:
         if name == "bare":
             calc = MLFFCalculator(copy.deepcopy(model))
         else:  # in distribution by construction: detection on, nothing fires, no TTT
-            calc = AdaptiveCalculator(copy.deepcopy(model), toy_prior(), prior_head="prior", adapt="never")
+            calc = AdaptiveCalculator(copy.deepcopy(model), toy_prior(), prior_head="prior", adapt_when="never")
         atoms.calc = calc
         dyn = VelocityVerlet(atoms, 0.25 * units.fs)
         dyn.run(5)  # warm-up, including the adaptive calculator's first check
@@ -122,7 +122,7 @@ def ttt_time(model, max_steps: int) -> dict:
     import copy
 
     from ase_adapt.testing import toy_prior
-    from ase_adapt.ttt import TTTSettings, test_time_train
+    from ase_adapt.adapt.ttt import TTTSettings, test_time_train
 
     m = copy.deepcopy(model)
     r = test_time_train(m, _twenty_atoms(), toy_prior(), TTTSettings(max_steps=max_steps, patience=10**6),

@@ -161,6 +161,19 @@ def build(arch: str):
                                  **ARCHITECTURES[arch])
 
 
+def initial_model(args):
+    """A fresh model of ``--arch``, or the weights of ``--init`` (a checkpoint of that architecture)."""
+    model = build(args.arch)
+    if args.init is None:
+        return model
+    import ase_adapt
+
+    start = ase_adapt.load_model(args.init)
+    if start.head_names != model.head_names or start.config.get("channels") != model.config.get("channels"):
+        raise SystemExit(f"--init {args.init}: heads {start.head_names} / config differ from --arch {args.arch}")
+    return start
+
+
 def settings(args, epochs: int):
     from ase_adapt.train import OptimSettings, TrainSettings
 
@@ -223,7 +236,7 @@ def train(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "epochs.json", {"epochs": epochs})
     t0 = time.perf_counter()
-    result = train_model(build(args.arch), train_frames, settings(args, epochs), out, val_frames=val_frames,
+    result = train_model(initial_model(args), train_frames, settings(args, epochs), out, val_frames=val_frames,
                          resume=state.exists())
     last = result.history[-1]
     summary = {"arch": args.arch, "architecture": ARCHITECTURES[args.arch], "epochs": epochs,
@@ -260,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="deep")
     p.add_argument("--epochs", type=int, help="default: fit --minutes, else 40")
     p.add_argument("--minutes", type=float, help="choose the number of epochs to fit this wall time")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (same --arch); "
+                   "ignored when resuming")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--forces-weight", type=float, default=30.0)

@@ -39,7 +39,7 @@ SGDML_FRAMES = 50
 
 
 def ttt_settings(quick: bool, temperature: float):
-    from ase_adapt.ttt import TTTSettings
+    from ase_adapt.adapt.ttt import TTTSettings
 
     return TTTSettings(max_steps=10, md_steps=40, md_temperature=temperature) if quick \
         else TTTSettings(md_temperature=temperature)
@@ -82,8 +82,8 @@ def md_runs(model, atoms, sgdml_path: Path, steps: int, seed: int, temperature: 
     calcs = {
         "reference": make_prior("gfn2-xtb"),
         "base": MLFFCalculator(copy.deepcopy(model)),
-        "ttt_gfn-ff": AdaptiveCalculator(model, "gfn-ff", adapt="always", ttt=ttt_settings(quick, temperature)),
-        "ttt_sgdml": AdaptiveCalculator(model, f"sgdml:{sgdml_path}", adapt="always",
+        "ttt_gfn-ff": AdaptiveCalculator(model, "gfn-ff", adapt_when="always", ttt=ttt_settings(quick, temperature)),
+        "ttt_sgdml": AdaptiveCalculator(model, f"sgdml:{sgdml_path}", adapt_when="always",
                                         ttt=ttt_settings(quick, temperature)),
     }
     runs = {name: run_nvt(atoms, calc, steps, temperature_K=temperature, seed=seed,

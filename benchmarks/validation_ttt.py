@@ -34,7 +34,7 @@ SGDML_FRAMES = 50
 
 def _ttt_settings(args):
     from ase_adapt.adapt import GuardSettings
-    from ase_adapt.ttt import TTTSettings
+    from ase_adapt.adapt.ttt import TTTSettings
 
     # --record-guard: the guard's signals are measured and reported but never act, so that its
     # thresholds can be chosen from what TTT would have done
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.report:
         return report(args.report)
-    from ase_adapt.ttt import TTTSettings
+    from ase_adapt.adapt.ttt import TTTSettings
 
     d = TTTSettings()
     args.lr = d.lr if args.lr is None else args.lr

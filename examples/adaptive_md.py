@@ -19,7 +19,7 @@ import ase_adapt
 from ase_adapt import AdaptiveCalculator
 from ase_adapt.testing import toy_frames, toy_prior
 from ase_adapt.train import OptimSettings, TrainSettings, train_model
-from ase_adapt.ttt import TTTSettings
+from ase_adapt.adapt.ttt import TTTSettings
 
 with tempfile.TemporaryDirectory() as tmp:
     model = ase_adapt.build_model(ase_adapt.ModelConfig.from_yaml("model-tiny"), elements=["H", "C", "O"])

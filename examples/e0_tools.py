@@ -60,7 +60,7 @@ with tempfile.TemporaryDirectory() as tmp:
     pre = model.save(tmp / "pre.safetensors")
 
     print("1. isolated atoms with EMT (CLI):")
-    assert main(["e0", "--method", "isolated", "--calc", "emt", "--elements", "H", "C", "N", "O"]) == 0
+    assert main(["e0", "--method", "isolated", "--calculator", "emt", "--elements", "H", "C", "N", "O"]) == 0
 
     print("\n2. least-squares averaging of the new-level energies (CLI, JSON out):")
     assert main(["e0", "--method", "average", "--data", str(data), "--json", str(tmp / "avg.json")]) == 0
@@ -69,7 +69,7 @@ with tempfile.TemporaryDirectory() as tmp:
     print("\n3. re-estimation with the pretrained model, written into a copy (CLI):")
     tuned = tmp / "tuned.safetensors"
     assert main(["e0", "--method", "reestimate", "--model", str(pre), "--data", str(data),
-                 "--head", "main", "--write-to", str(tuned)]) == 0
+                 "--head", "main", "--out", str(tuned)]) == 0
     reestimated = head_e0(ase_adapt.load_model(tuned), "main")
     assert head_e0(ase_adapt.load_model(pre), "main") == head_e0(model, "main")  # input untouched
 

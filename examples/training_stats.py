@@ -40,10 +40,11 @@ view = TrainingStats.from_model(loaded)
 assert np.array_equal(view.spectrum_mean, stats["spectrum_mean"])
 
 print(f"elements {view.elements}, {view.n_frames} frames at cutoff {view.cutoff} Å")
-print(f"prior |F| per structure: {view.force_norm_prior_mean:.3f} ± {view.force_norm_prior_std:.3f} eV/Å")
+prior_norm = view.prior_force_norm("prior")
+print(f"prior |F| per structure: {prior_norm['mean']:.3f} ± {prior_norm['std']:.3f} eV/Å")
 print(f"spectral distance to the average spectrum: {view.spectral_distance_mean:.3f} ± "
       f"{view.spectral_distance_std:.3f}  (spectrum length {len(view.spectrum_mean)})")
-print(f"training prior loss (TTT early-stopping target): {view.prior_loss('prior'):.4g}")
+print(f"training prior loss (TTT's reference point): {view.prior_loss('prior'):.4g}")
 
 # How a new structure compares (the connectivity criterion, k = 1).
 new = molecule("C6H6")

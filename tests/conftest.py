@@ -45,7 +45,7 @@ def ready(tmp_path_factory) -> ase_adapt.MLFF:
 
 def fast_ttt():
     """TTT settings for calculator mechanics: few steps, no sampling MD, no guard (tested apart)."""
-    from ase_adapt.ttt import TTTSettings
+    from ase_adapt.adapt.ttt import TTTSettings
 
     return TTTSettings(lr=1e-2, max_steps=30, md_steps=0, guard=None)
 

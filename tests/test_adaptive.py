@@ -19,7 +19,7 @@ from ase_adapt.adaptive import TriggerSettings
 from ase_adapt.errors import UnknownElementError
 from ase_adapt.shift.detectors import DetectorSettings
 from ase_adapt.testing import toy_frames, toy_prior
-from ase_adapt.ttt import TTTSettings
+from ase_adapt.adapt.ttt import TTTSettings
 
 from conftest import fast_ttt  # noqa: E402
 
@@ -68,7 +68,7 @@ def test_md_adapts_once_and_reuses_the_cache(ready):
 
 def test_weight_update_resets_cached_results(ready):
     atoms = _far_from_training()
-    calc = _calc(ready, adapt="never")
+    calc = _calc(ready, adapt_when="never")
     atoms.calc = calc
     e0 = atoms.get_potential_energy()
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_event_log_is_jsonl(ready, tmp_path):
 
 
 def test_radius_refinement_never_raises_the_spectral_distance(ready):
-    calc = _calc(ready, radius_refinement=True, adapt="always")
+    calc = _calc(ready, radius_refinement=True, adapt_when="always")
     atoms = _far_from_training()
     atoms.calc = calc
     atoms.get_potential_energy()
@@ -166,7 +166,7 @@ def test_200_md_steps_on_a_small_molecule(ready, ensemble):
     from ase.md.langevin import Langevin
 
     atoms = molecule("H2O")
-    calc = _calc(ready, adapt="always")
+    calc = _calc(ready, adapt_when="always")
     atoms.calc = calc
     if ensemble == "nvt":
         dyn = Langevin(atoms, 0.25 * units.fs, temperature_K=300, friction=0.02, fixcm=False,
@@ -226,7 +226,7 @@ def test_periodic_cell_gives_stress_after_adaptation(ready):
     from ase.build import bulk
 
     atoms = bulk("C", "diamond", a=3.6).repeat((2, 1, 1))
-    calc = _calc(ready, adapt="always")
+    calc = _calc(ready, adapt_when="always")
     atoms.calc = calc
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.isfinite(stress).all()
@@ -236,7 +236,7 @@ def test_periodic_cell_gives_stress_after_adaptation(ready):
 def test_bond_flicker_does_not_retrigger_but_a_broken_bond_does(ready):
     """Hysteresis: a bond stretched past the formation factor is not broken until break_factor."""
     atoms = _far_from_training()
-    calc = _calc(ready, adapt="never")
+    calc = _calc(ready, adapt_when="never")
     atoms.calc = calc
     atoms.get_potential_energy()
     h = [i for i, z in enumerate(atoms.numbers) if z == 1][0]
@@ -277,7 +277,7 @@ def test_every_check_has_a_typed_kind(ready, tmp_path):
     assert calc.events[-1]["kind"] == EventKind.ADAPTED.value
     calc.check(atoms.copy())  # the same system again: its cached adaptation
     assert calc.events[-1]["kind"] == EventKind.REUSED.value
-    never = _calc(ready, adapt="never")
+    never = _calc(ready, adapt_when="never")
     never.get_potential_energy(atoms.copy())
     assert never.events[-1]["kind"] == EventKind.NOT_ADAPTED.value
     assert [json.loads(line)["kind"] for line in log.read_text().splitlines()] == [e["kind"] for e in calc.events]

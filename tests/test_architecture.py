@@ -76,9 +76,9 @@ from ase.build import molecule
 import ase_adapt
 from ase_adapt import AdaptiveCalculator
 from ase_adapt.testing import toy_prior
-from ase_adapt.ttt import TTTSettings
+from ase_adapt.adapt.ttt import TTTSettings
 model = ase_adapt.build_model(elements=["H", "C", "O"], channels=8, num_layers=2, l_max=1)
-calc = AdaptiveCalculator(model, toy_prior(), prior_head="prior", detectors=False, adapt="always",
+calc = AdaptiveCalculator(model, toy_prior(), prior_head="prior", detectors=False, adapt_when="always",
                           ttt=TTTSettings(max_steps=3, md_steps=0, guard=None))
 atoms = molecule("CH3CH2OH")
 atoms.calc = calc

@@ -81,7 +81,7 @@ def _shifted_frames(path: Path, checkpoint: Path, key: str = "energy") -> Path:
 # ------------------------------------------------------------------------------------ the methods
 def test_isolated_emt_prints_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "e0.json"
-    assert main(["e0", "--method", "isolated", "--calc", "emt", "--elements", "H", "C", "N", "O",
+    assert main(["e0", "--method", "isolated", "--calculator", "emt", "--elements", "H", "C", "N", "O",
                  "--json", str(out)]) == 0
     expected = isolated_atom_e0(["H", "C", "N", "O"], EMT())
     data = json.loads(out.read_text())
@@ -94,7 +94,7 @@ def test_isolated_emt_prints_and_writes_json(tmp_path: Path, capsys: pytest.Capt
 
 def test_isolated_lj_is_zero_and_elements_default_to_the_model(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "e0.json"
-    assert main(["e0", "--method", "isolated", "--calc", "lj", "--model", str(checkpoint), "--json", str(out)]) == 0
+    assert main(["e0", "--method", "isolated", "--calculator", "lj", "--model", str(checkpoint), "--json", str(out)]) == 0
     assert json.loads(out.read_text()) == {"H": 0.0, "C": 0.0, "N": 0.0, "O": 0.0}
 
 
@@ -121,7 +121,7 @@ def test_reestimate_write_to_sets_the_head_and_leaves_the_input_untouched(
     before = _sha(checkpoint)
     out_json, out_ckpt = tmp_path / "out" / "e0.json", tmp_path / "out" / "tuned.safetensors"
     assert main(["e0", "--method", "reestimate", "--model", str(checkpoint), "--data", str(data),
-                 "--head", "main", "--json", str(out_json), "--write-to", str(out_ckpt)]) == 0
+                 "--head", "main", "--json", str(out_json), "--out", str(out_ckpt)]) == 0
     pre = _head_e0(checkpoint)
     expected = {s: pre[s] + SHIFT[s] for s in pre}
     assert json.loads(out_json.read_text()) == pytest.approx(expected, abs=1e-6)
@@ -135,10 +135,10 @@ def test_reestimate_write_to_sets_the_head_and_leaves_the_input_untouched(
 
 def test_write_to_the_input_path_only_when_given_explicitly(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "e0.json"
-    assert main(["e0", "--method", "isolated", "--calc", "emt", "--model", str(checkpoint), "--json", str(out)]) == 0
+    assert main(["e0", "--method", "isolated", "--calculator", "emt", "--model", str(checkpoint), "--json", str(out)]) == 0
     assert _head_e0(checkpoint)["H"] == -13.6  # --model alone writes nothing to it
-    assert main(["e0", "--method", "isolated", "--calc", "emt", "--model", str(checkpoint),
-                 "--write-to", str(checkpoint)]) == 0
+    assert main(["e0", "--method", "isolated", "--calculator", "emt", "--model", str(checkpoint),
+                 "--out", str(checkpoint)]) == 0
     assert _head_e0(checkpoint) == pytest.approx(json.loads(out.read_text()), abs=1e-12)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e0.json", "pre.safetensors"]
 
@@ -151,7 +151,7 @@ def test_average_write_to_a_prior_head(checkpoint: Path, tmp_path: Path) -> None
     write(data, frames, format="extxyz")
     out = tmp_path / "tuned.safetensors"
     assert main(["e0", "--method", "average", "--data", str(data), "--energy-key", "prior_energy",
-                 "--model", str(checkpoint), "--head", "prior", "--write-to", str(out)]) == 0
+                 "--model", str(checkpoint), "--head", "prior", "--out", str(out)]) == 0
     assert _head_e0(out, "prior") == pytest.approx(SHIFT, abs=1e-6)
     assert _head_e0(out, "main") == _head_e0(checkpoint, "main")
 
@@ -188,15 +188,15 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture, *needles: str) -> str
 
 
 def test_bad_settings_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _fails(["--calc", "emt", "--elements", "H"], capsys, "no method")
-    _fails(["--method", "isolated", "--elements", "H"], capsys, "--calc")
-    _fails(["--method", "isolated", "--calc", "emt"], capsys, "--elements")
-    _fails(["--method", "isolated", "--calc", "dft-of-dreams", "--elements", "H"], capsys, "dft-of-dreams")
-    _fails(["--method", "isolated", "--calc", "emt", "--elements", "Xx"], capsys, "Xx")
+    _fails(["--calculator", "emt", "--elements", "H"], capsys, "no method")
+    _fails(["--method", "isolated", "--elements", "H"], capsys, "--calculator")
+    _fails(["--method", "isolated", "--calculator", "emt"], capsys, "--elements")
+    _fails(["--method", "isolated", "--calculator", "dft-of-dreams", "--elements", "H"], capsys, "dft-of-dreams")
+    _fails(["--method", "isolated", "--calculator", "emt", "--elements", "Xx"], capsys, "Xx")
     _fails(["--method", "average"], capsys, "--data")
     _fails(["--method", "reestimate", "--data", "x.xyz"], capsys, "--model")
-    _fails(["--method", "isolated", "--calc", "emt", "--elements", "H", "--write-to", "m.safetensors"],
-           capsys, "--write-to needs --model")
+    _fails(["--method", "isolated", "--calculator", "emt", "--elements", "H", "--out", "m.safetensors"],
+           capsys, "--out needs --model")
     config = tmp_path / "bad.yaml"
     config.write_text("method: average\ndata: x.xyz\nenergy_kye: e\n")
     _fails(["--config", str(config)], capsys, "energy_kye")
@@ -229,7 +229,7 @@ def test_nothing_is_written_when_the_e0s_do_not_cover_the_model(
     data = _synthetic(tmp_path / "frames.xyz")  # H, C, O only; the model also has N
     out_json, out_ckpt = tmp_path / "e0.json", tmp_path / "tuned.safetensors"
     _fails(["--method", "average", "--data", str(data), "--model", str(checkpoint),
-            "--json", str(out_json), "--write-to", str(out_ckpt)], capsys, "['N']")
+            "--json", str(out_json), "--out", str(out_ckpt)], capsys, "['N']")
     assert not out_json.exists() and not out_ckpt.exists()
 
 

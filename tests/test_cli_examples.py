@@ -54,14 +54,17 @@ def test_info_describes_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
     model = build_model(channels=4, num_layers=1, elements=["H", "O"])
     model.heads["main"].set_e0([-13.6, -2041.8])
     path = model.save(tmp_path / "m.safetensors")
-    assert main(["info", str(path), "--json"]) == 0
+    assert main(["info", "--model", str(path), "--json", "-"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["heads"]["main"] == {"H": -13.6, "O": -2041.8}
     assert summary["config"]["channels"] == 4
+    out = tmp_path / "sub" / "info.json"  # --json takes a path, as in every other command
+    assert main(["info", "--model", str(path), "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == summary and "head main" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["info", "--model", str(tmp_path / "missing.safetensors")]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
     assert main(["demo", "--molecule", "not-a-molecule", "--md-steps", "1"]) == 2
 

@@ -11,7 +11,7 @@ from ase_adapt.cli.main import main
 from ase_adapt.testing import toy_frames
 from ase_adapt.train.data import write_frames
 
-FAST = ["--model", "model-tiny", "--epochs", "2", "--batch-size", "5", "--no-stats", "--quiet"]
+FAST = ["--arch", "model-tiny", "--epochs", "2", "--batch-size", "5", "--no-stats", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_train_mode_main_and_yaml_config(data, tmp_path):
     cfg.write_text("mode: main\noptim: {epochs: 1, lr: 0.002}\n")
     out = tmp_path / "o"
     assert main(["train", "--data", str(data / "train.xyz"), "--out", str(out), "--config", str(cfg),
-                 "--model", "model-tiny", "--no-stats", "--quiet"]) == 0
+                 "--arch", "model-tiny", "--no-stats", "--quiet"]) == 0
     assert ase_adapt.load_model(out / "best.safetensors").head_names == ["main"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("mode: main\nepochz: 3\n")

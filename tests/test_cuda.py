@@ -13,7 +13,7 @@ import ase_adapt
 from ase_adapt import AdaptiveCalculator, MLFFCalculator
 from ase_adapt.testing import toy_frames, toy_prior
 from ase_adapt.train import OptimSettings, TrainSettings, train_model
-from ase_adapt.ttt import TTTSettings
+from ase_adapt.adapt.ttt import TTTSettings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -62,7 +62,7 @@ def test_ttt_and_training_on_cuda(tmp_path):
     atoms = molecule("CH3CH2OH")
     results = {}
     for device in ("cpu", "cuda"):
-        calc = AdaptiveCalculator(model, toy_prior(), prior_head="prior", ttt=ttt, adapt="always",
+        calc = AdaptiveCalculator(model, toy_prior(), prior_head="prior", ttt=ttt, adapt_when="always",
                                   detectors=False, device=device)
         results[device] = calc.get_forces(atoms.copy())
         assert calc.ttt_result is not None and calc.ttt_result.steps > 0

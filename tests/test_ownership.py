@@ -12,12 +12,12 @@ from ase import Atoms, units
 from ase.build import molecule
 from ase.md.langevin import Langevin
 
-import ase_adapt.ttt as ttt_module
+import ase_adapt.adapt.ttt as ttt_module
 from ase_adapt import AdaptiveCalculator, CalculationFailed, MLFFCalculator
 from ase_adapt.adaptive import TriggerSettings
 from ase_adapt.models.mlff import MLFF
 from ase_adapt.testing import toy_prior
-from ase_adapt.ttt import test_time_train
+from ase_adapt.adapt.ttt import test_time_train
 
 from conftest import fast_ttt  # noqa: E402
 
@@ -26,7 +26,7 @@ FAST_TTT = fast_ttt()  # mechanics; the guard is tested apart
 
 def _adaptive(model, **kw) -> AdaptiveCalculator:
     kw.setdefault("ttt", FAST_TTT)
-    kw.setdefault("adapt", "always")
+    kw.setdefault("adapt_when", "always")
     return AdaptiveCalculator(model, toy_prior(), prior_head="prior", **kw)
 
 
@@ -113,7 +113,7 @@ def test_a_calculator_built_after_another_adapted_starts_from_the_pretrained_wei
     e_pretrained = _pretrained_energy(ready, atoms)
     assert e_adapted != e_pretrained
 
-    later = _adaptive(model, adapt="never")
+    later = _adaptive(model, adapt_when="never")
     assert later.get_potential_energy(atoms.copy()) == e_pretrained
     assert all(torch.equal(b, p) for b, p in zip(later._store.base, ready.parameters_before(1)))
     again = _adaptive(model)  # CPU TTT from the same start is deterministic: the same adaptation
@@ -186,7 +186,7 @@ def test_keyboard_interrupt_in_ttt_propagates_after_restoring(ready, monkeypatch
     assert seen["moved"]
     _assert_unchanged(calc.model, base)
     assert calc.events[-1]["action"] == "TTT failed: KeyboardInterrupt; base weights restored"
-    assert calc.radius is None and calc.ttt_result is None
+    assert calc.radius == calc.model.cutoff and calc.ttt_result is None
     assert atoms.get_potential_energy() == _pretrained_energy(ready, atoms)
     assert len(calc.events) == 1
 

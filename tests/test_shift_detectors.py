@@ -34,7 +34,7 @@ def training():
     mean = average_spectrum(spectra)
     stats = {
         "elements": [1, 6, 8], "cutoff": CUTOFF,
-        "force_norm_prior": distribution([mean_force_norm(f) for f in prior_forces]),
+        "prior_force_norm_by_head": {"prior": distribution([mean_force_norm(f) for f in prior_forces])},
         "spectrum_mean": mean,
         "spectral_distance": distribution([spectral_distance(s, mean) for s in spectra]),
     }
@@ -51,7 +51,7 @@ def _typical(training):
 
 def test_quiet_in_distribution(training):
     atoms, forces, stats = _typical(training)
-    f = forces / mean_force_norm(forces) * stats["force_norm_prior"]["mean"]  # a typical force norm
+    f = forces / mean_force_norm(forces) * stats["prior_force_norm_by_head"]["prior"]["mean"]  # a typical force norm
     report = detect_shift(atoms, stats, prior_forces=f)
     assert not report.shifted, report.summary()
     assert set(report.detectors) == {"elements", "force_norm", "connectivity"}
@@ -67,7 +67,7 @@ def test_element_shift_fires(training):
 
 def test_force_norm_shift_fires_both_ways(training):
     atoms, forces, stats = _typical(training)
-    mean = stats["force_norm_prior"]["mean"]
+    mean = stats["prior_force_norm_by_head"]["prior"]["mean"]
     for factor in (10.0, 0.01):
         f = forces / mean_force_norm(forces) * mean * factor
         report = detect_shift(atoms, stats, prior_forces=f)

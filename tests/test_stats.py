@@ -85,11 +85,11 @@ def test_statistics_have_the_values_computed_by_hand(make_model, frames) -> None
     assert stats["elements"] == [1, 6, 7, 8] and stats["n_frames"] == 6 and stats["n_isolated_skipped"] == 1
     assert stats["cutoff"] == model.cutoff == 4.0
     ref, prior = by_hand_norms(frames, "forces"), by_hand_norms(frames, "prior_forces")
-    assert stats["force_norm_ref"]["mean"] == pytest.approx(ref.mean(), rel=1e-12)
-    assert stats["force_norm_ref"]["std"] == pytest.approx(ref.std(ddof=1), rel=1e-12)
-    assert stats["force_norm_ref"]["q95"] == pytest.approx(np.percentile(ref, 95), rel=1e-12)
-    assert stats["force_norm_prior"]["mean"] == pytest.approx(prior.mean(), rel=1e-12)
-    assert stats["force_norm_priors"]["prior"] == stats["force_norm_prior"]
+    assert stats["force_norm_reference"]["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert stats["force_norm_reference"]["std"] == pytest.approx(ref.std(ddof=1), rel=1e-12)
+    assert stats["force_norm_reference"]["q95"] == pytest.approx(np.percentile(ref, 95), rel=1e-12)
+    assert stats["prior_force_norm_by_head"]["prior"]["mean"] == pytest.approx(prior.mean(), rel=1e-12)
+    assert set(stats["prior_force_norm_by_head"]) == {"prior"}
 
     spectra = [laplacian_spectrum(a, 4.0) for a in frames if len(a) > 1]
     mean = average_spectrum(spectra)
@@ -101,10 +101,10 @@ def test_statistics_have_the_values_computed_by_hand(make_model, frames) -> None
 
     # batched pooling equals the one loss definition on a single batch of every frame
     w = LossWeights()
-    assert stats["prior_loss"]["prior"] == pytest.approx(
+    assert stats["prior_loss_by_head"]["prior"] == pytest.approx(
         single_batch_loss(model, frames, "prior", "prior_energy", "prior_forces", w), rel=1e-10)
     assert stats["main_loss"] == pytest.approx(single_batch_loss(model, frames, "main", "energy", "forces", w), rel=1e-10)
-    assert stats["prior_loss_weights"] == {"energy": 1.0, "forces": 10.0, "stress": 0.0, "kind": "mse", "huber_delta": 0.01,
+    assert stats["loss_weights"] == {"energy": 1.0, "forces": 10.0, "stress": 0.0, "kind": "mse", "huber_delta": 0.01,
                                            "energy_offset": False}
 
 
@@ -112,7 +112,7 @@ def test_huber_pooling_matches_a_single_batch(make_model, frames) -> None:
     model = make_model(dtype="float64")
     w = LossWeights(energy=2.0, forces=5.0, kind=LossKind.HUBER, huber_delta=0.05)
     stats = compute_training_stats(model, frames, loss_weights=w, batch_size=4, progress=False)
-    assert stats["prior_loss"]["prior"] == pytest.approx(
+    assert stats["prior_loss_by_head"]["prior"] == pytest.approx(
         single_batch_loss(model, frames, "prior", "prior_energy", "prior_forces", w), rel=1e-10)
     assert TrainingStats.from_dict(stats).loss_weights() == w
 
@@ -127,7 +127,7 @@ def test_prior_heads_keys_and_missing_labels(make_model, frames) -> None:
             if key in a.arrays:
                 del a.arrays[key]
     stats = compute_training_stats(model, lj, progress=False)
-    assert set(stats["prior_loss"]) == {"prior:lj"} and stats["force_norm_prior"] is None
+    assert set(stats["prior_loss_by_head"]) == {"prior:lj"} and set(stats["prior_force_norm_by_head"]) == {"prior:lj"}
     assert stats["label_keys"]["prior:lj"] == ["prior_lj_energy", "prior_lj_forces"]
     assert any("'prior'" in n for n in stats["notes"])
     with pytest.raises(DataError, match="prior_energy"):
@@ -136,7 +136,7 @@ def test_prior_heads_keys_and_missing_labels(make_model, frames) -> None:
     no_forces = [a.copy() for a in frames]
     del no_forces[4].arrays["forces"]
     partial = compute_training_stats(model, no_forces, progress=False)
-    assert partial["force_norm_ref"]["n"] == stats["n_frames"] - 1
+    assert partial["force_norm_reference"]["n"] == stats["n_frames"] - 1
 
 
 def test_round_trip_through_safetensors_and_pt(make_model, frames, tmp_path: Path) -> None:
@@ -152,9 +152,9 @@ def test_round_trip_through_safetensors_and_pt(make_model, frames, tmp_path: Pat
             {k: v for k, v in stats.items() if k != "spectrum_mean"}
         view = TrainingStats.from_dict(loaded)
         assert view.elements == (1, 6, 7, 8)
-        assert view.force_norm_prior_mean == stats["force_norm_prior"]["mean"]
+        assert view.prior_force_norm("prior") == stats["prior_force_norm_by_head"]["prior"]
         assert view.spectral_distance_std == stats["spectral_distance"]["std"]
-        assert view.prior_loss("prior") == stats["prior_loss"]["prior"]
+        assert view.prior_loss("prior") == stats["prior_loss_by_head"]["prior"]
 
 
 def test_missing_statistics_give_a_clear_error(make_model) -> None:
@@ -166,7 +166,7 @@ def test_missing_statistics_give_a_clear_error(make_model) -> None:
     view = TrainingStats.from_dict({"elements": [1], "cutoff": 4.0, "n_frames": 1, "spectrum_mean": [0.0, 2.0],
                                     "spectral_distance": {"mean": 0.0, "std": 0.0, "n": 1}})
     with pytest.raises(MissingStatisticsError, match="prior"):
-        view.force_norm_prior_mean
+        view.prior_force_norm()
     with pytest.raises(MissingStatisticsError, match="prior:xtb"):
         view.prior_loss("prior:xtb")
     with pytest.raises(ValueError, match="cutoff"):
@@ -189,14 +189,14 @@ def test_cli_writes_only_the_given_outputs(make_model, frames, tmp_path: Path, m
     written = json.loads(js.read_text())
     assert written["elements"] == [1, 6, 7, 8] and written["n_frames"] == 6
     np.testing.assert_allclose(written["spectrum_mean"], stats["spectrum_mean"])
-    assert written["prior_loss"] == stats["prior_loss"]
+    assert written["prior_loss_by_head"] == stats["prior_loss_by_head"]
     capsys.readouterr()
     assert main(args) == 0  # neither output: the summary is the result
     assert "prior loss  prior:" in capsys.readouterr().out and list(cwd.iterdir()) == []
     # YAML settings, relative paths taken relative to the YAML file
     (tmp_path / "in" / "stats.yaml").write_text("model: model.safetensors\ndata: train.xyz\njson: s2.json\nloss: huber\n")
     assert main(["stats", "--config", str(tmp_path / "in" / "stats.yaml"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "in" / "s2.json").read_text())["prior_loss_weights"]["kind"] == "huber"
+    assert json.loads((tmp_path / "in" / "s2.json").read_text())["loss_weights"]["kind"] == "huber"
 
 
 def test_cli_reports_bad_input(make_model, tmp_path: Path, capsys) -> None:

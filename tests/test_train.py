@@ -178,7 +178,7 @@ def test_joint_training_with_one_head_per_prior_kind(make_model, tmp_path):
     last = result.history[-1]
     assert "val_prior:lj_forces_rmse_mev" in last and "val_prior:soft_forces_rmse_mev" in last
     stats = model.training_stats
-    assert set(stats["prior_loss"]) == {"prior:lj", "prior:soft"}
-    assert set(stats["force_norm_priors"]) == {"prior:lj", "prior:soft"}
+    assert set(stats["prior_loss_by_head"]) == {"prior:lj", "prior:soft"}
+    assert set(stats["prior_force_norm_by_head"]) == {"prior:lj", "prior:soft"}
     with pytest.raises(ValueError, match="prior:<kind>"):
         TrainSettings(prior_heads=("gfn-ff",))

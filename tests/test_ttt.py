@@ -13,7 +13,7 @@ import ase_adapt
 from ase_adapt.errors import PriorError
 from ase_adapt.testing import toy_frames, toy_prior
 from ase_adapt.adapt import GuardSettings, check_adaptation, make_samples
-from ase_adapt.ttt import TTTSettings, prior_head_for, test_time_train
+from ase_adapt.adapt.ttt import TTTSettings, prior_head_for, test_time_train
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,11 @@ def test_ttt_rolls_back_a_diverging_run(ready, system):
 def test_ttt_keeps_the_weights_with_the_lowest_held_out_loss(ready, system, monkeypatch):
     """Selection is on the held-out samples, never on the ones being fitted: the weights kept
     are those of the lowest held-out loss seen, even when the fitted loss went on falling."""
-    import ase_adapt.ttt as ttt_module
+    import ase_adapt.adapt.ttt as ttt_module
     from ase_adapt.adapt.samples import make_samples
     from ase_adapt.graph import build_graph
     from ase_adapt.losses import make_targets, model_loss
-    from ase_adapt.ttt import _split, ttt_loss_weights
+    from ase_adapt.adapt.ttt import _split, ttt_loss_weights
 
     held, fitted = [], []
 

@@ -14,7 +14,7 @@ from ase.calculators.emt import EMT
 from ase_adapt import MLFFCalculator
 from ase_adapt.testing import random_cluster, toy_frames
 from ase_adapt.train import OptimSettings, TrainSettings, train_model
-from ase_adapt.ttt import TTTSettings, test_time_train
+from ase_adapt.adapt.ttt import TTTSettings, test_time_train
 
 
 class _CheapLevel(Calculator):

@@ -21,7 +21,7 @@ class EventKind(str, enum.Enum):
     REUSED = "reused"              # a known system: its cached adaptation answered
     ADAPTED = "adapted"            # radius refinement and/or TTT were applied
     ROLLED_BACK = "rolled_back"    # TTT ran and was rolled back (held-out loss or guard)
-    NOT_ADAPTED = "not_adapted"    # not shifted (or adapt="never"): the base model answers
+    NOT_ADAPTED = "not_adapted"    # not shifted (or adapt_when="never"): the base model answers
     PRIOR_FAILED = "prior_failed"  # the prior failed: no TTT, the base model answers
     TTT_FAILED = "ttt_failed"      # TTT raised (OOM, interrupt, backend error): base weights restored
 

@@ -53,7 +53,7 @@ def _bare(atoms: Atoms) -> Atoms:
 def _checked(prior: Any, e: float, f: np.ndarray, what: str) -> dict[str, Any]:
     if not (math.isfinite(e) and np.isfinite(f).all()):
         raise PriorError(f"prior {type(prior).__name__} returned non-finite labels on {what}")
-    return {K.REF_ENERGY: float(e), K.REF_FORCES: np.array(f, dtype=np.float64)}
+    return {K.LABEL_ENERGY: float(e), K.LABEL_FORCES: np.array(f, dtype=np.float64)}
 
 
 def label_samples(samples: Sequence[Atoms], prior: Any) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Where a calculator keeps its adaptations: the adapted weights in place, the base snapshot,
-and an LRU cache of per-system adaptations (weights, radius, shift report, TTT record)."""
+and an LRU cache of per-system adaptations (weights and the adaptation state: radius, shift
+report, TTT record)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ __all__ = ["Adaptation", "AdaptationStore"]
 @dataclass
 class Adaptation:
     weights: list[torch.Tensor]
-    radius: float | None
-    report: Any      # ShiftReport
-    ttt: Any = None  # TTTResult | None
+    state: Any  # pipeline.AdaptationState (not imported: the store knows nothing of the pipeline)
 
 
 class AdaptationStore:
@@ -46,9 +45,9 @@ class AdaptationStore:
             self._cache.move_to_end(fingerprint)
         return found
 
-    def put(self, fingerprint: str, radius: float | None, report: Any, ttt: Any) -> None:
-        """Cache the parameters' current values as the adaptation of ``fingerprint``."""
-        self._cache[fingerprint] = Adaptation([p.detach().clone() for p in self.params], radius, report, ttt)
+    def put(self, fingerprint: str, state: Any) -> None:
+        """Cache the parameters' current values and ``state`` as the adaptation of ``fingerprint``."""
+        self._cache[fingerprint] = Adaptation([p.detach().clone() for p in self.params], state)
         self._cache.move_to_end(fingerprint)
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)

@@ -41,7 +41,7 @@ def optim_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             out[name] = None if (name in _ZERO_MEANS_NONE and value == 0) else value
-    if getattr(args, "quiet", False):
+    if getattr(args, "progress", None) is False:
         out["progress"] = False
     return out
 
@@ -69,3 +69,11 @@ def prior_calculator(spec: str):
         return make_prior(spec)
     except ImportError as exc:  # an optional backend is missing: a user-fixable error
         raise ValueError(f"prior {spec!r}: {exc}") from None
+
+
+QUIET_HELP = "no progress bars (the same in every command; results, warnings and errors are still printed)"
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``, with one meaning in every command: ``progress=False`` (None: not given)."""
+    parser.add_argument("--quiet", dest="progress", action="store_false", default=None, help=QUIET_HELP)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import add_quiet
+
 DEFAULT_MOLECULE = Path(__file__).resolve().parents[1] / "data" / "naphthalene.xyz"
 # The seed paper's MD17 protocol: an sGDML prior fitted on 50 reference labels of the new molecule,
 # here frames of the first quarter of the reference MD (the force errors use later frames only).
@@ -70,14 +72,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     p.add_argument("--out", default=d.out, help=f"output directory (default {d.out})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     return DemoSettings(molecule=args.molecule, model=args.model, prior=args.prior, reference=args.reference,
                         md_steps=args.md_steps, temperature_K=args.temperature, parity_frames=args.parity_frames,
                         ttt_steps=args.ttt_steps,
-                        seed=args.seed, out=args.out, plots=not args.no_plots, progress=not args.quiet)
+                        seed=args.seed, out=args.out, plots=not args.no_plots, progress=args.progress is not False)
 
 
 def _forces_on(frames: list, calc) -> np.ndarray:
@@ -151,7 +153,7 @@ def run(settings: DemoSettings) -> dict:
     from .. import AdaptiveCalculator, MLFFCalculator, load_model
     from .._io import write_json
     from ..priors import make_prior
-    from ..ttt import TTTSettings
+    from ..adapt.ttt import TTTSettings
     from ..workflows.md import distance_histogram, hr_mae, run_nvt
 
     s = settings

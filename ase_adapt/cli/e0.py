@@ -1,21 +1,21 @@
 """``ase-adapt e0``: atomic reference energies (E0s) of a head, three ways.
 
-  isolated    one isolated atom per element, computed with a calculator (--calc emt, lj...)
+  isolated    one isolated atom per element, computed with a calculator (--calculator emt, lj...)
   average     least-squares fit E ≈ Σ_Z n_Z E0_Z over labelled frames (training from scratch)
   reestimate  model-aware: E0_pre + ΔE0, ΔE0 the least-squares fit of (E_ref − E_pred) against
               element counts (fine-tuning a pretrained model on a new reference level)
 
-The E0s are printed as a table. --json writes them as {symbol: E0 in eV}; --write-to applies them
+The E0s are printed as a table. --json writes them as {symbol: E0 in eV}; --out applies them
 to a head of the model loaded from --model and saves the result there (atomically). The --model
-file itself is only overwritten when --write-to names the same path. Settings can come from a
+file itself is only overwritten when --out names the same path. Settings can come from a
 YAML file (--config) whose keys are the option names (e.g. ``energy_key``); options given on the
 command line win. See docs/e0.md.
 
 examples:
-  ase-adapt e0 --method isolated --calc emt --elements H C N O --json e0.json
+  ase-adapt e0 --method isolated --calculator emt --elements H C N O --json e0.json
   ase-adapt e0 --method average --data train.xyz --energy-key energy
   ase-adapt e0 --method reestimate --model pre.safetensors --data new.xyz --head main \\
-      --write-to tuned.safetensors --json e0.json
+      --out tuned.safetensors --json e0.json
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class E0Method(str, Enum):
 @dataclass(frozen=True)
 class E0Settings:
     method: E0Method
-    calc: str | None = None  # isolated: calculator spec ("emt", "lj", or a priors spec)
+    calculator: str | None = None  # isolated: calculator spec ("emt", "lj", or a priors spec)
     elements: tuple[str, ...] = ()  # isolated: default the --model's elements
     box: float | None = None  # isolated: cubic (non-periodic) cell edge in Å
     data: str | None = None  # average / reestimate: labelled frames (extxyz...)
@@ -51,7 +51,7 @@ class E0Settings:
     head: str = MAIN_HEAD
     batch_size: int = 32
     json: str | None = None
-    write_to: str | None = None
+    out: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -62,18 +62,18 @@ class E0Settings:
         elements = self.elements.split() if isinstance(self.elements, str) else self.elements
         object.__setattr__(self, "elements", tuple(str(e) for e in elements or ()))
         m = self.method
-        if m is E0Method.ISOLATED and not self.calc:
-            raise ValueError("--method isolated needs --calc (e.g. emt, lj)")
+        if m is E0Method.ISOLATED and not self.calculator:
+            raise ValueError("--method isolated needs --calculator (e.g. emt, lj)")
         if m is E0Method.ISOLATED and not (self.elements or self.model):
             raise ValueError("--method isolated needs --elements (or --model to take its elements)")
         if m in (E0Method.AVERAGE, E0Method.REESTIMATE) and not self.data:
             raise ValueError(f"--method {m.value} needs --data FRAMES")
         if m is E0Method.REESTIMATE and not self.model:
             raise ValueError("--method reestimate needs --model CKPT (the pretrained model)")
-        if self.write_to and not self.model:
-            raise ValueError("--write-to needs --model CKPT (the model whose head gets the E0s)")
-        if self.json and self.write_to and Path(self.json).resolve() == Path(self.write_to).resolve():
-            raise ValueError(f"--json and --write-to name the same file {self.json!r}")
+        if self.out and not self.model:
+            raise ValueError("--out needs --model CKPT (the model whose head gets the E0s)")
+        if self.json and self.out and Path(self.json).resolve() == Path(self.out).resolve():
+            raise ValueError(f"--json and --out name the same file {self.json!r}")
         for name, kind in (("batch_size", int), ("box", float)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -129,7 +129,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, metavar="YAML",
                    help="read settings from a YAML file; command-line options override it")
     g = p.add_argument_group("isolated")
-    g.add_argument("--calc", default=None, metavar="SPEC",
+    g.add_argument("--calculator", default=None, metavar="SPEC",
                    help="calculator for the isolated atoms: emt, lj (or any ase_adapt.priors spec)")
     g.add_argument("--elements", nargs="+", default=None, metavar="EL",
                    help="element symbols (isolated: default the elements of --model; "
@@ -145,10 +145,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="frames per model evaluation in reestimate (default 32)")
     g = p.add_argument_group("model and output")
     g.add_argument("--model", default=None, metavar="CKPT",
-                   help="pretrained model (required for reestimate; the source model for --write-to)")
+                   help="pretrained model (required for reestimate; the source model for --out)")
     g.add_argument("--head", default=None, help=f"head to re-estimate / write (default {MAIN_HEAD})")
     g.add_argument("--json", default=None, metavar="OUT.json", help="write the E0s as JSON {symbol: E0 in eV}")
-    g.add_argument("--write-to", default=None, metavar="CKPT_OUT",
+    g.add_argument("--out", default=None, metavar="CKPT_OUT",
                    help="save a copy of --model with these E0s in --head to this path")
 
 
@@ -184,7 +184,7 @@ def compute_e0(settings: E0Settings, model=None) -> dict[int, float]:
     try:
         if m is E0Method.ISOLATED:
             elements = settings.elements or model.elements
-            return isolated_atom_e0(elements, make_calculator(settings.calc), box=settings.box)
+            return isolated_atom_e0(elements, make_calculator(settings.calculator), box=settings.box)
         frames = load_frames(settings.data)
         if m is E0Method.AVERAGE:
             return average_e0(frames, settings.elements or None, energy_key=settings.energy_key)
@@ -218,14 +218,14 @@ def run(settings: E0Settings) -> dict[int, float]:
     if model is not None:
         previous = head_e0(model, settings.head)
     e0 = compute_e0(settings, model)
-    if settings.write_to:
+    if settings.out:
         apply_e0(model, e0, settings.head)  # raises before anything is written if elements are missing
     print_table(e0, previous)
     if settings.json:
         e0_to_json(e0, settings.json)
         print(f"E0s written to {settings.json}")
-    if settings.write_to:
-        save_model(model, settings.write_to)
-        print(f"model with the new E0s in head {settings.head!r} written to {settings.write_to}")
+    if settings.out:
+        save_model(model, settings.out)
+        print(f"model with the new E0s in head {settings.head!r} written to {settings.out}")
     return e0
 

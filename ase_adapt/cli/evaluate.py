@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from ..evaluate import EvaluateSettings
-from ..ttt import TTTSettings
+from ..adapt.ttt import TTTSettings
 from ._common import PRIOR_HELP
 
 

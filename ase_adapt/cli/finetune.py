@@ -23,7 +23,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..train.finetune import E0Update, FinetuneSettings, FreezeMode, ReplayLabels, Strategy
-from ._common import add_optim_args, optim_overrides, summarize
+from ._common import add_optim_args, optim_overrides, summarize, add_quiet
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stats", action="store_true", help="do not compute training statistics at the end")
     add_optim_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneCommand:

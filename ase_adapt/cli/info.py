@@ -12,14 +12,15 @@ from ase.data import chemical_symbols
 @dataclass(frozen=True)
 class InfoSettings:
     model: str
-    json: bool = False
+    json: str | None = None  # write the summary as JSON to this path ("-": standard output)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a model checkpoint",
                        description="Print a checkpoint's architecture, heads, E0s and training statistics.")
-    p.add_argument("model", help="checkpoint path (.safetensors or .pt) or built-in model name")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.add_argument("--model", required=True, help="checkpoint path (.safetensors or .pt) or built-in model name")
+    p.add_argument("--json", metavar="OUT", default=None,
+                   help="write the summary as JSON to OUT ('-': print it instead of the text)")
 
 
 def settings_from_args(args: argparse.Namespace) -> InfoSettings:
@@ -44,14 +45,20 @@ def run(settings: InfoSettings) -> dict:
     from ..checkpoint import load_model
 
     summary = describe(load_model(settings.model))
-    if settings.json:
+    if settings.json == "-":
         print(json.dumps(summary, indent=2))
-    else:
-        cfg = summary["config"]
-        print(f"elements   {' '.join(chemical_symbols[z] for z in cfg['elements'])}")
-        print(f"cutoff     {cfg['cutoff']} Å   channels {cfg['channels']}   l_max {cfg['l_max']}   "
-              f"layers {cfg['num_layers']}   dtype {cfg['dtype']}   parameters {summary['parameters']}")
-        for name, e0 in summary["heads"].items():
-            print(f"head {name:<14} E0 " + "  ".join(f"{s}={v:.4f}" for s, v in e0.items()))
-        print(f"statistics {', '.join(summary['training_stats']) or 'none'}")
+        return summary
+    if settings.json:
+        from .._io import write_json
+
+        write_json(settings.json, summary)
+    cfg = summary["config"]
+    print(f"elements   {' '.join(chemical_symbols[z] for z in cfg['elements'])}")
+    print(f"cutoff     {cfg['cutoff']} Å   channels {cfg['channels']}   l_max {cfg['l_max']}   "
+          f"layers {cfg['num_layers']}   dtype {cfg['dtype']}   parameters {summary['parameters']}")
+    for name, e0 in summary["heads"].items():
+        print(f"head {name:<14} E0 " + "  ".join(f"{s}={v:.4f}" for s, v in e0.items()))
+    print(f"statistics {', '.join(summary['training_stats']) or 'none'}")
+    if settings.json:
+        print(f"wrote {settings.json}")
     return summary

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train.label import OnError
-from ._common import PRIOR_HELP, prior_calculator
+from ._common import PRIOR_HELP, prior_calculator, add_quiet
 
 @dataclass(frozen=True)
 class LabelSettings:
@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "or leave the frame out and warn (skip)")
     p.add_argument("--stress", action=argparse.BooleanOptionalAction, default=None,
                    help="compute <prefix>_stress for 3D-periodic frames (default: when the prior implements it)")
-    p.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
+    add_quiet(p)
     p.add_argument("--config", metavar="YAML", default=None,
                    help="read settings from this YAML file; command-line options override it")
 

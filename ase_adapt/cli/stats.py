@@ -7,7 +7,7 @@ model's cutoff from the frames of DATA (extxyz or ASE .db; isolated-atom frames 
 
 Nothing is written unless asked: --out writes the checkpoint with the new statistics (atomically;
 it may be the input checkpoint itself), --json writes the statistics as JSON. A short summary is
-printed (with --quiet only when neither is given). Settings may also come from a YAML file
+always printed; --quiet only turns the progress bars off, as in every command. Settings may also come from a YAML file
 (--config) whose keys are the settings' names (model, data, out, json, batch_size, energy_key,
 ...); relative paths in it are taken relative to the YAML file; command-line options override it.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..losses import LossKind, LossWeights
+from ._common import add_quiet
 
 _PATHS = ("model", "data", "out", "json")
 
@@ -124,8 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     loss.add_argument("--stress-weight", type=float, default=None, help=f"default {d.stress_weight}")
     loss.add_argument("--loss", choices=[k.value for k in LossKind], default=None, help="loss shape (default mse)")
     loss.add_argument("--huber-delta", type=float, default=None, help=f"default {d.huber_delta}")
-    p.add_argument("--quiet", dest="progress", action="store_false", default=None,
-                   help="no progress bars, and no summary when --out or --json is given")
+    add_quiet(p)
     p.add_argument("--config", metavar="YAML", default=None,
                    help="read settings from this YAML file; command-line options override it")
 
@@ -155,10 +155,12 @@ def summary_lines(stats: dict) -> list[str]:
         f"frames      {stats['n_frames']} (isolated atoms skipped: {stats.get('n_isolated_skipped', 0)})"
         f"   cutoff {stats['cutoff']} Å",
         f"elements    {' '.join(chemical_symbols[z] for z in stats['elements'])}",
-        f"|F| ref     {dist(stats.get('force_norm_ref'))} eV/Å   prior {dist(stats.get('force_norm_prior'))} eV/Å",
+        f"|F| ref     {dist(stats.get('force_norm_reference'))} eV/Å",
         f"spectrum    length {len(stats['spectrum_mean'])}   distance {dist(stats['spectral_distance'])}",
     ]
-    for head, value in (stats.get("prior_loss") or {}).items():
+    for head, value in (stats.get("prior_force_norm_by_head") or {}).items():
+        lines.append(f"|F| prior   {head}: {dist(value)} eV/Å")
+    for head, value in (stats.get("prior_loss_by_head") or {}).items():
         lines.append(f"prior loss  {head}: {value:.6g}")
     if stats.get("main_loss") is not None:
         lines.append(f"main loss   {stats['main_loss']:.6g}")
@@ -180,15 +182,12 @@ def run(settings: StatsSettings) -> dict:
         prior_heads=settings.prior_heads, loss_weights=settings.loss_weights(),
         batch_size=settings.batch_size, progress=settings.progress,
     )
-    if settings.progress or not (settings.out or settings.json):  # the summary is then the only result
-        print("\n".join(summary_lines(stats)))
+    print("\n".join(summary_lines(stats)))
     if settings.out:
         attach_training_stats(model, stats)
         save_model(model, settings.out)
-        if settings.progress:
-            print(f"checkpoint with statistics written to {settings.out}")
+        print(f"checkpoint with statistics written to {settings.out}")
     if settings.json:
         write_json(settings.json, stats_to_json(stats))
-        if settings.progress:
-            print(f"statistics written to {settings.json}")
+        print(f"statistics written to {settings.json}")
     return stats

@@ -8,12 +8,12 @@ training statistics), ``last.safetensors``, ``state.pt`` and ``metrics.csv``/``m
 
 Training settings come from ``--config`` (a YAML file or a preset: train-joint, train-main,
 train-pretrain-freeze-finetune); options given on the command line override it. The
-architecture comes from ``--model`` (a preset: model-default, model-tiny, or a YAML file).
+architecture comes from ``--arch`` (a preset: model-default, model-tiny, or a YAML file).
 
 examples:
   ase-adapt train --data train.xyz --out run1
   ase-adapt train --data train.xyz --out run1 --config train-pretrain-freeze-finetune --epochs 50
-  ase-adapt train --data train.xyz --val val.xyz --model model-tiny --mode main --out run2
+  ase-adapt train --data train.xyz --val val.xyz --arch model-tiny --mode main --out run2
   ase-adapt train --data train.xyz --out run1 --resume
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ase.data import chemical_symbols
 
 from ..train.modes import TrainMode, TrainSettings
-from ._common import add_optim_args, optim_overrides, summarize
+from ._common import add_optim_args, optim_overrides, summarize, add_quiet
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TrainCommand:
     data: str
     out: str
     val: str | None = None
-    model: str = "model-default"
+    arch: str = "model-default"  # architecture preset or YAML file
     elements: tuple[str, ...] | None = None  # None: the elements of the data
     dtype: str | None = None
     training: TrainSettings = field(default_factory=TrainSettings)
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="training frames (extxyz or ASE .db)")
     p.add_argument("--out", required=True, help="output directory (checkpoints, state, metrics)")
     p.add_argument("--val", help="validation frames (default: a seeded split of --data)")
-    p.add_argument("--model", default="model-default",
+    p.add_argument("--arch", default="model-default",
                    help="architecture preset (model-default, model-tiny) or YAML file (default: model-default)")
     p.add_argument("--elements", nargs="+", metavar="EL",
                    help="elements the model covers (default: those in the data)")
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stats", action="store_true", help="do not compute training statistics at the end")
     add_optim_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainCommand:
@@ -76,7 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainCommand:
         overrides["optim"] = optim
     training = TrainSettings.from_yaml(args.config or "train-joint", **overrides)
     return TrainCommand(
-        data=args.data, out=args.out, val=args.val, model=args.model,
+        data=args.data, out=args.out, val=args.val, arch=args.arch,
         elements=tuple(args.elements) if args.elements else None, dtype=args.dtype,
         training=training, resume=args.resume,
     )
@@ -89,7 +89,7 @@ def run(settings: TrainCommand) -> dict:
 
     frames = read_frames(settings.data)
     val = read_frames(settings.val) if settings.val else None
-    config = ModelConfig.from_yaml(settings.model)
+    config = ModelConfig.from_yaml(settings.arch)
     present = sorted({int(z) for a in frames for z in a.numbers})
     elements = list(settings.elements) if settings.elements else [chemical_symbols[z] for z in present]
     heads = (settings.training.main_head,) if settings.training.mode is TrainMode.MAIN else \

@@ -12,12 +12,11 @@ import yaml
 from e3nn import o3
 
 from .. import _keys as K
+from .._dtypes import as_dtype, dtype_name
+from .._settings import preset_path
 from ..elements import as_atomic_numbers
 from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding
 from .mlff import MLFF
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
 @dataclass(frozen=True)
@@ -44,8 +43,7 @@ class ModelConfig:
         object.__setattr__(self, "heads", tuple(self.heads))
         if not self.elements:
             raise ValueError("a model needs at least one element")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        as_dtype(self.dtype)  # validates
         for name in ("channels", "num_layers", "num_bessel", "radial_hidden", "head_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -68,22 +66,17 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         if isinstance(d.get("dtype"), torch.dtype):
-            d = {**d, "dtype": str(d["dtype"]).replace("torch.", "")}
+            d = {**d, "dtype": dtype_name(d["dtype"])}
         return cls(**d)
 
     @classmethod
     def from_yaml(cls, path_or_preset: str | Path) -> "ModelConfig":
         """Load from a YAML file, or a shipped preset name (e.g. ``"model-default"``)."""
-        p = Path(path_or_preset)
-        if not p.exists():
-            p = PRESETS / f"{path_or_preset}.yaml"
-            if not p.exists():
-                raise FileNotFoundError(f"no YAML file or preset named {path_or_preset!r}")
-        return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+        return cls.from_dict(yaml.safe_load(preset_path(path_or_preset).read_text()) or {})
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
+        return as_dtype(self.dtype)
 
     @property
     def shared_layers(self) -> int:

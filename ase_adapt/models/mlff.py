@@ -18,6 +18,7 @@ from .. import _keys as K
 from ..errors import UnknownElementError
 from ..graph import AtomicGraph
 from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding, scatter_sum
+from .heads import HeadDict, head_key
 
 
 class MLFF(nn.Module):
@@ -66,18 +67,22 @@ class MLFF(nn.Module):
         self.spherical_harmonics = spherical_harmonics
         self.interactions = nn.ModuleList(interactions)
         self._token_tensors: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        self.heads = nn.ModuleDict()
+        self.heads = HeadDict()
         for name, head in heads.items():
             self.add_head(name, head)
 
     # ------------------------------------------------------------------ structure
     def add_head(self, name: str, head: EnergyHead) -> None:
-        """Attach a head (e.g. ``"prior:gfn-ff"`` or a replay head) reading the final features."""
-        if "." in name or not name:
-            raise ValueError(f"invalid head name {name!r}")
+        """Attach a head (e.g. ``"prior:gfn-ff"`` or a replay head) reading the final features.
+
+        Its weights are saved under ``heads.<head_key(name)>`` (``heads.prior_gfn_ff``), see
+        :mod:`ase_adapt.models.heads`; ``config["heads"]`` always lists every head.
+        """
+        head_key(name)  # validates the name
         if head.irreps_in != self.irreps_features:
             raise ValueError(f"head {name!r} expects {head.irreps_in}, features are {self.irreps_features}")
         self.heads[name] = head
+        self.config["heads"] = self.head_names
         self.structure_changed()
 
     def structure_changed(self) -> None:
@@ -285,7 +290,7 @@ class MLFF(nn.Module):
         for name, module in self.representation_blocks():
             yield name, list(module.parameters())
         for name, h in self.heads.items():
-            yield f"heads.{name}", list(h.parameters())
+            yield f"heads.{self.heads.key_of(name)}", list(h.parameters())
 
     training_stats: dict | None = None
 

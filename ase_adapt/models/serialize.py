@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import _keys as K
+from .._dtypes import dtype_name
 from .._io import atomic_write
 if TYPE_CHECKING:  # a type only: serialize never imports the model at run time
     from .mlff import MLFF
@@ -41,7 +42,7 @@ def checkpoint_payload(model: "MLFF") -> tuple[dict[str, str], dict[str, torch.T
     config = dict(model.config)
     config["heads"] = list(model.heads.keys())
     # the dtype the weights have now (a float32-built model may have been cast to float64)
-    config["dtype"] = str(model.dtype).replace("torch.", "")
+    config["dtype"] = dtype_name(model.dtype)
     metadata = {
         K.META_FORMAT: K.FORMAT_NAME,
         K.META_VERSION: str(K.FORMAT_VERSION),

@@ -129,7 +129,7 @@ class Prior(Calculator):
         return out
 
     # ------------------------------------------------------------------------------ evaluation
-    def check(self, atoms: Atoms) -> str | None:
+    def unusable_reason(self, atoms: Atoms) -> str | None:
         """Why this prior cannot evaluate ``atoms`` (``None``: it can); runs no backend code."""
         if not np.isfinite(atoms.positions).all():
             return "non-finite atomic positions"
@@ -150,7 +150,7 @@ class Prior(Calculator):
         return PriorError(f"prior {self.spec!r} failed on {describe(atoms)}: {reason}")
 
     def _evaluate(self, atoms: Atoms) -> dict[str, Any]:
-        reason = self.check(atoms)
+        reason = self.unusable_reason(atoms)
         if reason:
             raise self._fail(atoms, reason)
         with_stress = "stress" in self.implemented_properties and bool(atoms.pbc.all())

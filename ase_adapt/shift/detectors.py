@@ -24,7 +24,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .spectrum import laplacian_spectrum, spectral_distance
+from .. import _keys as K
+from .spectrum import SpectrumMethod, laplacian_spectrum, spectral_distance
 from .stats import mean_force_norm
 
 __all__ = ["DetectorSettings", "DetectorResult", "ShiftReport", "detect_shift"]
@@ -37,7 +38,7 @@ class DetectorSettings:
     connectivity: bool = True
     k_force: float = 1.0
     k_spectral: float = 1.0
-    spectrum_method: str = "auto"
+    spectrum_method: SpectrumMethod = SpectrumMethod.AUTO  # a string ("auto", "dense", ...) is converted
     dense_max: int = 2000
     # Floors on the training standard deviations: a training set whose graphs never change (a
     # rattled crystal) has sigma ~ 0, and any difference, KPM noise included, would be "infinitely"
@@ -46,6 +47,7 @@ class DetectorSettings:
     min_std_force: float = 0.01
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spectrum_method", SpectrumMethod(self.spectrum_method))
         if self.k_force <= 0 or self.k_spectral <= 0:
             raise ValueError("detector thresholds k_force and k_spectral must be > 0")
         if self.min_std_spectral < 0 or self.min_std_force < 0:
@@ -141,8 +143,8 @@ def detect_shift(
             ("unseen: " + " ".join(chemical_symbols[z] for z in unknown)) if unknown else "",
         )
     if s.force_norm:
-        per_head = stats.get("force_norm_priors") or {}
-        dist = _dist(per_head, prior_head) if prior_head in per_head else _dist(stats, "force_norm_prior")
+        per_head = stats.get("prior_force_norm_by_head") or {}
+        dist = _dist(per_head, prior_head if prior_head in per_head else K.PRIOR_HEAD)
         if dist is None or prior_forces is None:
             why = "no prior force-norm statistics" if dist is None else "no prior forces"
             report.detectors["force_norm"] = DetectorResult("force_norm", None, s.k_force, False, why)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from ase import Atoms
 
-from .spectrum import laplacian_spectrum, spectral_distance
+from .spectrum import SpectrumMethod, laplacian_spectrum, spectral_distance
 
 __all__ = ["RadiusSettings", "RadiusResult", "refine_radius"]
 
@@ -25,10 +25,11 @@ class RadiusSettings:
     n_candidates: int = 10
     r_min: float | None = None      # Å; default r_min_fraction * training cutoff
     r_min_fraction: float = 0.6
-    spectrum_method: str = "auto"
+    spectrum_method: SpectrumMethod = SpectrumMethod.AUTO  # a string ("auto", "dense", ...) is converted
     dense_max: int = 2000
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spectrum_method", SpectrumMethod(self.spectrum_method))
         if self.n_candidates < 1:
             raise ValueError("n_candidates must be >= 1")
         if not 0 < self.r_min_fraction <= 1:

@@ -3,12 +3,20 @@
 :func:`compute_training_stats` measures, on a model's training frames and at the model's cutoff:
 
 - ``elements``: the atomic numbers present (criterion 1, unseen elements);
-- ``force_norm_ref`` / ``force_norm_prior``: the distribution over frames of the mean per-atom
-  force norm, from reference and from prior labels (criterion 2 uses the prior's at run time);
+- ``force_norm_reference``: the distribution over frames of the mean per-atom force norm of the
+  reference labels (diagnostics);
+- ``prior_force_norm_by_head``: ``{head: distribution}``, the same for each prior head's labels
+  (criterion 2 compares the prior's forces at run time with it; ``"prior"`` also stands for the
+  generic ``prior_forces`` labels when the model has no head of that name);
 - ``spectrum_mean`` and ``spectral_distance``: the average normalized-Laplacian spectrum and the
   distribution of the frames' spectral distances to it (criterion 3 and radius refinement);
-- ``prior_loss``: each prior head's loss on the prior labels under the one loss definition of
-  :mod:`ase_adapt.losses`, with the weights used (TTT's objective reuses those weights).
+- ``prior_loss_by_head``: ``{head: loss}``, each prior head's loss on its prior labels under the
+  one loss definition of :mod:`ase_adapt.losses`; ``main_loss`` the main head's; ``loss_weights``
+  the weights both were computed with (TTT's objective reuses them).
+
+Statistics written before version 2 (``force_norm_ref``, ``force_norm_prior`` +
+``force_norm_priors``, ``prior_loss``, ``prior_loss_weights``) are renamed on reading by
+:func:`upgrade_stats`.
 
 The result is a plain dict stored as ``model.training_stats``. Its only array value is the
 top-level ``spectrum_mean`` (saved as a checkpoint tensor); everything else is JSON.
@@ -35,10 +43,10 @@ from .spectrum import SpectrumMethod, average_spectrum, laplacian_spectrum, spec
 __all__ = [
     "STATS_VERSION", "QUANTILES", "MissingStatisticsError", "TrainingStats",
     "distribution", "mean_force_norm",
-    "compute_training_stats", "attach_training_stats", "stats_to_json",
+    "compute_training_stats", "attach_training_stats", "stats_to_json", "upgrade_stats",
 ]
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 QUANTILES = (5, 25, 50, 75, 95)
 _HINT = "run `ase-adapt stats --model CKPT --data TRAIN.xyz --out CKPT` to compute them"
 
@@ -184,17 +192,15 @@ def compute_training_stats(
         labels[K.MAIN_HEAD] = ref
         label_keys[K.MAIN_HEAD] = [energy_key, forces_key]
 
-    ref_norms = [mean_force_norm(lab[K.REF_FORCES]) for lab in ref or [] if lab[K.REF_FORCES] is not None]
-    force_norm_ref = distribution(ref_norms) if ref_norms else None
-    force_norm_priors = {h: distribution([mean_force_norm(lab[K.REF_FORCES]) for lab in labels[h]])
-                         for h in labels if h != K.MAIN_HEAD and labels[h][0][K.REF_FORCES] is not None}
-    if K.PRIOR_HEAD in force_norm_priors:  # read with prior_forces_key already
-        force_norm_prior = force_norm_priors[K.PRIOR_HEAD]
-    elif any(has_label(a, prior_forces_key) for a in data):
-        force_norm_prior = distribution([mean_force_norm(get_label(a, prior_forces_key, i)) for a, i in zip(data, index)])
-    else:
-        force_norm_prior = None
-        notes.append(f"no frame has prior forces {prior_forces_key!r}: force_norm_prior is not available")
+    ref_norms = [mean_force_norm(lab[K.LABEL_FORCES]) for lab in ref or [] if lab[K.LABEL_FORCES] is not None]
+    force_norm_reference = distribution(ref_norms) if ref_norms else None
+    prior_norms = {h: distribution([mean_force_norm(lab[K.LABEL_FORCES]) for lab in labels[h]])
+                   for h in labels if h != K.MAIN_HEAD and labels[h][0][K.LABEL_FORCES] is not None}
+    if K.PRIOR_HEAD not in prior_norms and any(has_label(a, prior_forces_key) for a in data):
+        prior_norms[K.PRIOR_HEAD] = distribution(  # the generic prior labels, head or not
+            [mean_force_norm(get_label(a, prior_forces_key, i)) for a, i in zip(data, index)])
+    if not prior_norms:
+        notes.append("no frame has prior forces: the force-norm detector has no training statistics")
 
     spectra = [laplacian_spectrum(a, model.cutoff, method=spectrum_method)
                for a in tqdm(data, desc="Laplacian spectra", unit="frame", disable=not progress, leave=False)]
@@ -208,15 +214,14 @@ def compute_training_stats(
         "cutoff": float(model.cutoff),
         "n_frames": len(data),
         "n_isolated_skipped": n_isolated,
-        "force_norm_ref": force_norm_ref,
-        "force_norm_prior": force_norm_prior,
-        "force_norm_priors": force_norm_priors,
+        "force_norm_reference": force_norm_reference,
+        "prior_force_norm_by_head": prior_norms,
         "spectrum_mean": spectrum_mean,
         "spectral_distance": distribution(distances),
         "spectrum_method": SpectrumMethod(spectrum_method).value,
-        "prior_loss": {h: v for h, v in losses.items() if h != K.MAIN_HEAD},
-        "prior_loss_weights": _weights_dict(loss_weights),
+        "prior_loss_by_head": {h: v for h, v in losses.items() if h != K.MAIN_HEAD},
         "main_loss": losses.get(K.MAIN_HEAD),
+        "loss_weights": _weights_dict(loss_weights),
         "label_keys": label_keys,
         "notes": notes,
     }
@@ -230,6 +235,23 @@ def _weights_dict(weights: LossWeights) -> dict[str, Any]:
 
 # --- reading --------------------------------------------------------------------------------------
 
+_RENAMED_V1 = {"force_norm_ref": "force_norm_reference", "prior_loss": "prior_loss_by_head",
+               "prior_loss_weights": "loss_weights"}
+
+
+def upgrade_stats(stats: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Statistics of any earlier version in today's names (a copy; current ones are returned as is)."""
+    if not stats or int(stats.get("stats_version", STATS_VERSION)) >= STATS_VERSION:
+        return None if stats is None else dict(stats)
+    out = {_RENAMED_V1.get(k, k): v for k, v in stats.items() if k not in ("force_norm_prior", "force_norm_priors")}
+    by_head = dict(stats.get("force_norm_priors") or {})
+    if stats.get("force_norm_prior") is not None:
+        by_head.setdefault(K.PRIOR_HEAD, stats["force_norm_prior"])
+    out["prior_force_norm_by_head"] = by_head
+    out["stats_version"] = STATS_VERSION
+    return out
+
+
 _REQUIRED = ("elements", "cutoff", "n_frames", "spectrum_mean", "spectral_distance")
 
 
@@ -242,11 +264,10 @@ class TrainingStats:
     n_frames: int
     spectrum_mean: np.ndarray
     spectral_distance: Mapping[str, float]
-    force_norm_ref: Mapping[str, float] | None = None
-    force_norm_prior: Mapping[str, float] | None = None
-    force_norm_priors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    prior_losses: Mapping[str, float] = field(default_factory=dict)
-    prior_loss_weights: Mapping[str, Any] | None = None
+    force_norm_reference: Mapping[str, float] | None = None
+    prior_force_norm_by_head: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    prior_loss_by_head: Mapping[str, float] = field(default_factory=dict)
+    loss_weights_dict: Mapping[str, Any] | None = None
     main_loss: float | None = None
     notes: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the dict it was read from
@@ -256,6 +277,7 @@ class TrainingStats:
         """Validate and wrap a statistics dict; raises :class:`MissingStatisticsError` if absent."""
         if not stats:
             raise MissingStatisticsError(f"the model has no training statistics; {_HINT}")
+        stats = upgrade_stats(stats)
         missing = [k for k in _REQUIRED if k not in stats]
         if missing:
             raise MissingStatisticsError(f"the model's training statistics lack {missing}; {_HINT}")
@@ -268,11 +290,10 @@ class TrainingStats:
             n_frames=int(stats["n_frames"]),
             spectrum_mean=spectrum,
             spectral_distance=dict(stats["spectral_distance"]),
-            force_norm_ref=stats.get("force_norm_ref"),
-            force_norm_prior=stats.get("force_norm_prior"),
-            force_norm_priors=dict(stats.get("force_norm_priors") or {}),
-            prior_losses=dict(stats.get("prior_loss") or {}),
-            prior_loss_weights=stats.get("prior_loss_weights"),
+            force_norm_reference=stats.get("force_norm_reference"),
+            prior_force_norm_by_head=dict(stats.get("prior_force_norm_by_head") or {}),
+            prior_loss_by_head=dict(stats.get("prior_loss_by_head") or {}),
+            loss_weights_dict=stats.get("loss_weights"),
             main_loss=stats.get("main_loss"),
             notes=tuple(stats.get("notes") or ()),
             raw={**stats, "spectrum_mean": spectrum},
@@ -295,42 +316,26 @@ class TrainingStats:
     def spectral_distance_std(self) -> float:
         return float(self.spectral_distance["std"])
 
-    def _prior_norm(self) -> Mapping[str, float]:
-        if self.force_norm_prior is None:
-            raise MissingStatisticsError(
-                "the training statistics hold no prior force norms (the frames had no prior forces); "
-                "label the training frames with the prior (`ase-adapt label`) and " + _HINT)
-        return self.force_norm_prior
-
-    @property
-    def force_norm_prior_mean(self) -> float:
-        return float(self._prior_norm()["mean"])
-
-    @property
-    def force_norm_prior_std(self) -> float:
-        return float(self._prior_norm()["std"])
-
     def prior_force_norm(self, head: str = K.PRIOR_HEAD) -> Mapping[str, float]:
         """Distribution of the mean per-atom force norm of the prior labels of ``head``."""
-        if head == K.PRIOR_HEAD and head not in self.force_norm_priors:
-            return self._prior_norm()
-        if head not in self.force_norm_priors:
-            raise MissingStatisticsError(f"no prior force norms for head {head!r} "
-                                         f"(available: {sorted(self.force_norm_priors)}); {_HINT}")
-        return self.force_norm_priors[head]
+        if head not in self.prior_force_norm_by_head:
+            raise MissingStatisticsError(
+                f"no prior force norms for head {head!r} (available: {sorted(self.prior_force_norm_by_head)}); "
+                "label the training frames with the prior (`ase-adapt label`) and " + _HINT)
+        return self.prior_force_norm_by_head[head]
 
     def prior_loss(self, head: str = K.PRIOR_HEAD) -> float:
         """Training-level loss of prior head ``head`` (a reference point for TTT's held-out losses)."""
-        if head not in self.prior_losses:
+        if head not in self.prior_loss_by_head:
             raise MissingStatisticsError(f"no training prior loss for head {head!r} "
-                                         f"(available: {sorted(self.prior_losses)}); {_HINT}")
-        return float(self.prior_losses[head])
+                                         f"(available: {sorted(self.prior_loss_by_head)}); {_HINT}")
+        return float(self.prior_loss_by_head[head])
 
     def loss_weights(self) -> LossWeights:
-        """The loss weights the prior losses were computed with (use the same ones in TTT)."""
-        if not self.prior_loss_weights:
+        """The loss weights the prior and main losses were computed with (use the same ones in TTT)."""
+        if not self.loss_weights_dict:
             raise MissingStatisticsError(f"the training statistics hold no loss weights; {_HINT}")
-        return LossWeights(**self.prior_loss_weights)
+        return LossWeights(**self.loss_weights_dict)
 
 
 def attach_training_stats(model, stats: Mapping[str, Any] | TrainingStats):

@@ -242,7 +242,7 @@ def train_model(
         anchor = (s.reference, main.head) if t is not main else (None, None)
         _fit_e0(model, t.head, train, isolated, t.energy_key, s.e0, *anchor)
         if s.fit_scale:
-            fit_head_scale(model, t.head, train_set.label_array(k, K.REF_FORCES))
+            fit_head_scale(model, t.head, train_set.label_array(k, K.LABEL_FORCES))
 
     head_params = lambda name: (lambda m: list(m.heads[name].parameters()))  # noqa: E731
     if s.mode is TrainMode.PRETRAIN_FREEZE_FINETUNE:

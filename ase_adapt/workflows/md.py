@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import CalculationFailed
-from ase.data import covalent_radii
+
+from ..adapt.topology import covalent_bonds
 
 __all__ = ["MDResult", "reference_bonds", "run_nvt", "distance_histogram", "hr_mae"]
 
@@ -43,11 +44,10 @@ class MDResult:
 
 
 def reference_bonds(atoms: Atoms, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
-    """Covalent bonds (i, j pairs) of ``atoms`` and their lengths."""
-    d = atoms.get_all_distances()
-    r = covalent_radii[atoms.numbers]
-    i, j = np.where(np.triu(d < factor * (r[:, None] + r[None, :]), k=1))
-    return np.stack([i, j], axis=1), d[i, j]
+    """Covalent bonds (i, j pairs, :func:`~ase_adapt.adapt.topology.covalent_bonds`) of ``atoms`` and their lengths."""
+    bonds = covalent_bonds(atoms, factor)
+    lengths = atoms.get_distances(bonds[:, 0], bonds[:, 1], mic=bool(atoms.pbc.any())) if len(bonds) else np.zeros(0)
+    return bonds, np.asarray(lengths, dtype=np.float64)
 
 
 def run_nvt(

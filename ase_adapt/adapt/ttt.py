@@ -2,8 +2,8 @@
 
 The steps follow the seed paper: prior-labelled snapshots of the new system (see
 :mod:`ase_adapt.adapt.samples`), SGD with momentum on the prior head's loss in minibatches,
-updating only the representation parameters before interaction block ``blocks`` (by default the
-embedding and the first block) with every head frozen. The main head then predicts from the
+updating only the representation parameters before interaction block ``adapted_blocks`` (by default
+the embedding and the first block) with every head frozen. The main head then predicts from the
 adapted features (DESIGN.md §The science).
 
 - **Objective without an energy zero.** A prior fitted per molecule (sGDML) need not share the
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from . import _keys as K
-from .adapt.guard import GuardSettings, check_adaptation
-from .adapt.samples import SampleSettings, make_samples
-from .errors import PriorError
-from .graph import build_graph
-from .labels import prior_head_name, prior_heads
-from .losses import LossWeights, make_targets, model_loss
+from .. import _keys as K
+from .guard import GuardSettings, check_adaptation
+from .samples import SampleSettings, make_samples
+from ..errors import PriorError
+from ..graph import build_graph
+from ..labels import prior_head_name, prior_heads
+from ..losses import LossWeights, make_targets, model_loss
 
 __all__ = ["TTTSettings", "TTTResult", "prior_head_for", "ttt_loss_weights", "test_time_train"]
 
@@ -57,7 +57,7 @@ class TTTSettings:
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
-    blocks: int = 1               # train parameters before interaction block `blocks` (0-based)
+    adapted_blocks: int = 1       # adapt the embedding and the first `adapted_blocks` interaction blocks
     batch_size: int = 16
     holdout_fraction: float = 0.25
     eval_every: int = 10          # steps between held-out evaluations
@@ -74,8 +74,8 @@ class TTTSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or not self.lr > 0 or self.blocks < 0 or self.batch_size < 1:
-            raise ValueError("TTT needs max_steps >= 1, lr > 0, blocks >= 0, batch_size >= 1")
+        if self.max_steps < 1 or not self.lr > 0 or self.adapted_blocks < 0 or self.batch_size < 1:
+            raise ValueError("TTT needs max_steps >= 1, lr > 0, adapted_blocks >= 0, batch_size >= 1")
         if not 0.0 <= self.holdout_fraction < 1.0 or self.eval_every < 1 or self.patience < 1:
             raise ValueError("TTT needs 0 <= holdout_fraction < 1, eval_every >= 1, patience >= 1")
         if isinstance(self.guard, dict):
@@ -135,7 +135,7 @@ def prior_head_for(model: torch.nn.Module, prior: Any, head: str | None = None) 
 def ttt_loss_weights(model: torch.nn.Module, settings: TTTSettings | None = None) -> LossWeights:
     """The training loss weights stored with the model's statistics, with TTT's energy-offset choice."""
     stats = getattr(model, "training_stats", None) or {}
-    stored = stats.get("prior_loss_weights")
+    stored = stats.get("loss_weights")
     weights = LossWeights(**{k: v for k, v in stored.items() if k != "energy_offset"}) \
         if isinstance(stored, dict) else LossWeights()
     return replace(weights, energy_offset=(settings or TTTSettings()).energy_offset)
@@ -197,26 +197,60 @@ def test_time_train(
     batches = _Batches(model, samples, labels, cutoff or model.cutoff)
     hold_graph, hold_targets = batches(hold_idx or fit_idx)
 
-    params = model.parameters_before(s.blocks)
+    params = model.parameters_before(s.adapted_blocks)
     start = [p.detach().clone() for p in params]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     chosen = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
-    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
     def held_out() -> float:
         return float(model_loss(model, hold_graph, hold_targets, head, weights)[0])
 
     main_before = model(hold_graph, K.MAIN_HEAD)[K.FORCES].detach() if s.guard is not None else None
-    steps, reason = 0, "max steps"
+    verdict = None
     try:
         before = held_out()
         if not math.isfinite(before):
             raise PriorError(f"the prior loss is not finite before TTT ({before}); not adapting")
-        best_loss, best_params, plateau_ref, stale = before, None, before, 0
-        full = len(fit_idx) <= s.batch_size
-        fixed = batches(fit_idx) if full else None
+        steps, reason, best_loss, best_params = _descend(model, params, batches, fit_idx, held_out, before,
+                                                         head, weights, s, rng)
+        rolled_back = best_params is None
+        _load(params, start if rolled_back else best_params)
+        if rolled_back:
+            reason = f"rolled back ({reason}; the held-out prior loss never fell)" if steps else reason
+            best_loss = before
+        if s.guard is not None and not rolled_back:
+            main_after = model(hold_graph, K.MAIN_HEAD)[K.FORCES].detach()
+            verdict = check_adaptation(
+                s.guard, prior_loss_before=before, prior_loss_after=best_loss,
+                main_before=main_before.cpu().numpy(), main_after=main_after.cpu().numpy(),
+                prior_forces=hold_targets.forces.detach().cpu().numpy())
+            if not verdict.accepted:
+                _load(params, start)
+                rolled_back, reason = True, "rolled back by the guard: " + "; ".join(verdict.reasons)
+    except BaseException:  # OOM, KeyboardInterrupt, a backend error: never leave half-trained weights
+        _load(params, start)
+        raise
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return TTTResult(head, steps, before, best_loss, reason, rolled_back, len(samples), len(hold_idx),
+                     time.perf_counter() - t0, t_prior, verdict.to_dict() if verdict is not None else None)
+
+
+def _descend(model, params, batches: _Batches, fit_idx: list[int], held_out, before: float, head: str,
+             weights: LossWeights, s: TTTSettings, rng: np.random.Generator):
+    """SGD in minibatches with held-out selection and a plateau stop.
+
+    Returns (steps, stop reason, best held-out loss, the parameters at it or None if it never
+    fell below ``before``).
+    """
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    steps, reason = 0, "max steps"
+    best_loss, best_params, plateau_ref, stale = before, None, before, 0
+    fixed = batches(fit_idx) if len(fit_idx) <= s.batch_size else None
+    try:
         while steps < s.max_steps:
             graph, targets = fixed or batches(rng.choice(fit_idx, s.batch_size, replace=False).tolist())
             loss = model_loss(model, graph, targets, head, weights, create_graph=True)[0]
@@ -242,30 +276,9 @@ def test_time_train(
                 if stale >= s.patience:
                     reason = "held-out plateau"
                     break
-        rolled_back = best_params is None
-        _load(params, start if rolled_back else best_params)
-        if rolled_back:
-            reason = f"rolled back ({reason}; the held-out prior loss never fell)" if steps else reason
-            best_loss = before
-        verdict = None
-        if s.guard is not None and not rolled_back:
-            main_after = model(hold_graph, K.MAIN_HEAD)[K.FORCES].detach()
-            verdict = check_adaptation(
-                s.guard, prior_loss_before=before, prior_loss_after=best_loss,
-                main_before=main_before.cpu().numpy(), main_after=main_after.cpu().numpy(),
-                prior_forces=hold_targets.forces.detach().cpu().numpy())
-            if not verdict.accepted:
-                _load(params, start)
-                rolled_back, reason = True, "rolled back by the guard: " + "; ".join(verdict.reasons)
-    except BaseException:  # OOM, KeyboardInterrupt, a backend error: never leave half-trained weights
-        _load(params, start)
-        raise
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
         opt.zero_grad(set_to_none=True)
-    return TTTResult(head, steps, before, best_loss, reason, rolled_back, len(samples), len(hold_idx),
-                     time.perf_counter() - t0, t_prior, verdict.to_dict() if verdict is not None else None)
+    return steps, reason, best_loss, best_params
 
 
 def _load(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
