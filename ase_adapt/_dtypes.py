@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DTYPES", "as_dtype", "dtype_name"]
+__all__ = ["DTYPES", "as_dtype", "as_device", "dtype_name"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -25,3 +25,17 @@ def as_dtype(value: str | torch.dtype, what: str = "dtype") -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).replace("torch.", "")
+
+
+def as_device(value: str | torch.device) -> torch.device:
+    """A torch device that this machine has; a CUDA device without CUDA is refused before any work."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {value!r} is not a torch device ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {value!r}: this torch build or machine has no CUDA device; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {value!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device

@@ -17,7 +17,7 @@ import yaml
 PRESETS = Path(__file__).parent / "presets"
 T = TypeVar("T")
 
-__all__ = ["settings_from_dict", "settings_to_dict", "load_settings", "preset_path"]
+__all__ = ["settings_from_dict", "settings_to_dict", "load_settings", "preset_path", "check_types"]
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -111,3 +111,54 @@ def load_settings(cls: type[T], source: str | Path | None = None, **overrides: A
         else:
             data[k] = v
     return settings_from_dict(cls, data)
+
+
+def _accepts(tp: Any, value: Any) -> tuple[bool, Any]:
+    """(does ``value`` fit annotation ``tp``, the value to store): ints become floats, strings enums."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None:
+            return type(None) in typing.get_args(tp), None
+        for alt in typing.get_args(tp):
+            ok, converted = _accepts(alt, value)
+            if ok:
+                return True, converted
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if not isinstance(tp, type) or origin is not None:
+        return True, value  # containers, Any, callables: checked by the class itself
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if issubclass(tp, enum.Enum):
+        try:
+            return True, tp(value)
+        except ValueError:
+            return False, value
+    return isinstance(value, tp), value
+
+
+def check_types(settings: Any) -> None:
+    """Refuse a field of a frozen settings dataclass whose value has the wrong type (TypeError).
+
+    Call it first in ``__post_init__``: ``lr="0.01"`` or ``md_stride=2.5`` then fails at
+    construction, naming the field, instead of deep inside a run. Integers are accepted for
+    floats (and stored as floats), valid strings for enums (stored as the member).
+    """
+    cls = type(settings)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(settings, f.name)
+        ok, converted = _accepts(hints[f.name], value)
+        if not ok:
+            enums = [a for a in (hints[f.name], *typing.get_args(hints[f.name]))
+                     if isinstance(a, type) and issubclass(a, enum.Enum)]
+            if enums and isinstance(value, str):
+                raise ValueError(f"{cls.__name__}.{f.name} must be one of {[m.value for m in enums[0]]}, got {value!r}")
+            want = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+            raise TypeError(f"{cls.__name__}.{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+        if converted is not value:
+            object.__setattr__(settings, f.name, converted)

@@ -30,7 +30,7 @@ from ase import Atoms
 
 from . import _keys as K
 from .adapt.events import EventKind, EventLog
-from .adapt.pipeline import AdaptationState, AdaptMode, AdaptSettings, adapt, assess
+from .adapt.pipeline import AdaptationState, AdaptMode, AdaptSettings, adapt, as_settings, assess, check_prior
 from .adapt.store import AdaptationStore
 from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
 from .adapt.ttt import TTTResult, TTTSettings, prior_head_for
@@ -88,6 +88,11 @@ class AdaptiveCalculator(MLFFCalculator):
         min_distance: float = 0.1,
         **kwargs: Any,
     ) -> None:
+        check_prior(prior)  # before the model is loaded and copied
+        detectors = as_settings(detectors, DetectorSettings, "detectors")
+        radius_refinement = as_settings(radius_refinement, RadiusSettings, "radius_refinement")
+        ttt_settings = as_settings(ttt, TTTSettings, "ttt")
+        when = AdaptMode(adapt_when)
         super().__init__(model, head=head, device=device, dtype=dtype, unknown_elements=unknown_elements,
                          min_distance=min_distance, **kwargs)
         if isinstance(prior, str):
@@ -95,21 +100,17 @@ class AdaptiveCalculator(MLFFCalculator):
 
             prior = make_prior(prior)
         self.prior = prior
-        ttt_settings = TTTSettings() if ttt is True else (ttt or None)
-        when = AdaptMode(adapt_when)
         if ttt_settings is not None and when is not AdaptMode.NEVER:
             if prior is None:
                 raise ValueError("test-time training needs a prior (prior='gfn-ff', 'sgdml:PATH', ...) or ttt=False")
             prior_head = prior_head_for(self.model, prior, prior_head)
-        self.settings = AdaptSettings(
-            detectors=DetectorSettings() if detectors is True else (detectors or None),
-            radius=RadiusSettings() if radius_refinement is True else (radius_refinement or None),
-            ttt=ttt_settings, when=when, prior_head=prior_head, unknown_elements=unknown_elements)
+        self.settings = AdaptSettings(detectors=detectors, radius=radius_refinement, ttt=ttt_settings, when=when,
+                                      prior_head=prior_head, unknown_elements=unknown_elements)
         self.stats = dict(self.model.training_stats or {})
         if (self.settings.detectors or self.settings.radius) and "spectrum_mean" not in self.stats:
             raise ValueError("the model has no training statistics, which shift detection and radius refinement "
                              "need; compute them with `ase-adapt stats --model M --data TRAIN.xyz --out M2`")
-        self._trigger = TopologyTrigger(trigger)
+        self._trigger = TopologyTrigger(as_settings(trigger, TriggerSettings, "trigger"))
         self._log = EventLog(event_log)
         self.events = self._log.events  # one record per check (adapt.events)
         self.state: AdaptationState | None = None  # the adaptation in use (None: not checked yet)

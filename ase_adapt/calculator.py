@@ -28,7 +28,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import _keys as K
-from ._dtypes import as_dtype
+from ._dtypes import as_device, as_dtype
 from .elements import SpeciesMapping, UnknownPolicy, check_elements
 from .errors import CalculationFailed, InvalidStructureError
 from .graph import AtomicGraph, build_graph
@@ -103,7 +103,7 @@ class MLFFCalculator(Calculator):
             model = load_model(model)
         if dtype is not None:
             dtype = as_dtype(dtype)
-        self.model = self._take_model(model, torch.device(device) if device is not None else None, dtype, owned)
+        self.model = self._take_model(model, as_device(device) if device is not None else None, dtype, owned)
         if head not in self.model.heads:
             raise KeyError(f"model has no head {head!r}; heads: {self.model.head_names}")
         if unknown_elements not in ("error", "nearest"):

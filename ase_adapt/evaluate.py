@@ -130,28 +130,35 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
         out.update(_energy_errors(np.array(e_pred), e_ref, n_atoms))
         if prior is not None:
             t0 = time.perf_counter()
-            e_pri, f_pri, failed = [], [], 0
-            for a, e, f in zip(frames, e_ref, f_ref):
-                try:
-                    lab = prior.label(a)
-                except Exception:  # PriorError: count it, do not crash the evaluation
-                    failed += 1
-                    continue
-                e_pri.append((lab[K.LABEL_ENERGY], e, len(a)))
-                f_pri.append((lab[K.LABEL_FORCES], f))
+            out.update(_prior_errors(prior, frames, e_ref, f_ref))
             timings["prior_seconds"] = time.perf_counter() - t0
-            if f_pri:
-                out["prior_force_mae_mev_per_A"] = _mae(np.concatenate([p for p, _ in f_pri]),
-                                                        np.concatenate([r for _, r in f_pri])) * 1e3
-                pe = _energy_errors(np.array([p for p, _, _ in e_pri]), np.array([r for _, r, _ in e_pri]),
-                                    np.array([n for _, _, n in e_pri], dtype=np.float64))
-                out["prior_energy_mae_offset_corrected_mev_per_atom"] = pe["energy_mae_offset_corrected_mev_per_atom"]
-            out["prior_failures"] = failed
-            out["prior_kind"] = getattr(prior, "kind", type(prior).__name__)
     out["shift"] = report.to_dict()
     out["shifted"] = report.shifted
     out["radius"] = report.radius  # None unless radius refinement ran
     out["ttt"] = calc.ttt_result.to_dict() if calc.ttt_result is not None else None
     out["unknown_elements"] = {"policy": s.unknown_elements, "mapped": report.unknown_elements}
     out["timings"] = timings
+    return out
+
+
+def _prior_errors(prior, frames: list[Atoms], e_ref: np.ndarray, f_ref: list) -> dict[str, Any]:
+    """The prior's own errors against the reference labels (a failing frame is counted, not fatal)."""
+    e_pri, f_pri, failed = [], [], 0
+    for a, e, f in zip(frames, e_ref, f_ref):
+        try:
+            lab = prior.label(a)
+        except Exception:  # PriorError: count it, do not crash the evaluation
+            failed += 1
+            continue
+        e_pri.append((lab[K.LABEL_ENERGY], e, len(a)))
+        f_pri.append((lab[K.LABEL_FORCES], f))
+    out: dict[str, Any] = {}
+    if f_pri:
+        out["prior_force_mae_mev_per_A"] = _mae(np.concatenate([p for p, _ in f_pri]),
+                                                np.concatenate([r for _, r in f_pri])) * 1e3
+        pe = _energy_errors(np.array([p for p, _, _ in e_pri]), np.array([r for _, r, _ in e_pri]),
+                            np.array([n for _, _, n in e_pri], dtype=np.float64))
+        out["prior_energy_mae_offset_corrected_mev_per_atom"] = pe["energy_mae_offset_corrected_mev_per_atom"]
+    out["prior_failures"] = failed
+    out["prior_kind"] = getattr(prior, "kind", type(prior).__name__)
     return out

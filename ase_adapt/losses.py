@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import _keys as K
+from ._settings import check_types
 
 __all__ = ["LossKind", "LossWeights", "Targets", "make_targets", "head_loss", "model_loss"]
 
@@ -47,7 +48,7 @@ class LossWeights:
     energy_offset: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", LossKind(self.kind))
+        check_types(self)
         for name in ("energy", "forces", "stress"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")

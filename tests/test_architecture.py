@@ -89,3 +89,25 @@ print(sorted(m for m in sys.modules if m.startswith("ase_adapt.train")))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_rooms_stay_small():
+    """No file in ase_adapt/ over 400 lines and no function over 80: one job per owner."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: "
+                                f"{node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
+
+
+def test_adaptive_calculator_predicts_through_the_plain_path():
+    """AdaptiveCalculator has no calculate() of its own: adaptation enters through graph_cutoff."""
+    from ase_adapt import AdaptiveCalculator, MLFFCalculator
+
+    assert AdaptiveCalculator.calculate is MLFFCalculator.calculate
+    assert AdaptiveCalculator.graph_cutoff is not MLFFCalculator.graph_cutoff

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .._settings import check_types
+
 __all__ = ["GuardSettings", "GuardVerdict", "check_adaptation", "rms"]
 
 
@@ -36,6 +38,7 @@ class GuardSettings:
     max_move_ratio: float = 1.5            # RMS|F_main' - F_main| / RMS|F_main - F_prior|
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name, value in asdict(self).items():
             if not value > 0:
                 raise ValueError(f"guard threshold {name} must be > 0, got {value}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from .._settings import check_types
 from .. import _keys as K
 from ..elements import check_elements
 from ..errors import PriorError
@@ -27,7 +28,8 @@ from .events import EventKind
 from .samples import label_samples, make_samples
 from .ttt import TTTResult, TTTSettings, test_time_train
 
-__all__ = ["AdaptMode", "AdaptSettings", "Assessment", "AdaptationState", "assess", "adapt"]
+__all__ = ["AdaptMode", "AdaptSettings", "Assessment", "AdaptationState", "as_settings", "assess", "adapt",
+           "check_prior"]
 
 
 class AdaptMode(str, enum.Enum):
@@ -50,7 +52,7 @@ class AdaptSettings:
     unknown_elements: str = "error"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "when", AdaptMode(self.when))
+        check_types(self)
 
 
 @dataclass
@@ -87,6 +89,25 @@ class AdaptationState:
     @property
     def action(self) -> str:
         return ", ".join(self.actions) or "none"
+
+
+def as_settings(value: Any, cls: type, name: str):
+    """``True`` -> ``cls()``, ``False``/``None`` -> None, an instance of ``cls`` as is; anything else is refused."""
+    if value is True:
+        return cls()
+    if value is False or value is None:
+        return None
+    if isinstance(value, cls):
+        return value
+    raise TypeError(f"{name} must be a {cls.__name__}, True or False; got {value!r}")
+
+
+def check_prior(prior: Any) -> None:
+    """A prior is None, a spec string (made into a calculator by the caller) or an ASE calculator."""
+    if prior is None or isinstance(prior, str):
+        return
+    if not (callable(getattr(prior, "get_potential_energy", None)) and callable(getattr(prior, "get_forces", None))):
+        raise TypeError(f"prior must be a prior spec such as 'gfn-ff' or an ASE calculator, got {prior!r}")
 
 
 def assess(model, atoms: Atoms, prior: Any, stats: dict[str, Any], s: AdaptSettings) -> Assessment:

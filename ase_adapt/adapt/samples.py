@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from ase import Atoms
 
+from .._settings import check_types
 from .. import _keys as K
 from ..errors import PriorError
 from .topology import bond_changes, covalent_bonds
@@ -40,6 +41,9 @@ class SampleSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self)
+        if not (self.md_friction >= 0 and 0 < self.bond_factor <= self.break_factor):
+            raise ValueError("md_friction must be >= 0 and 0 < bond_factor <= break_factor")
         if self.n_rattled < 0 or self.md_steps < 0 or self.md_stride < 1:
             raise ValueError("n_rattled and md_steps must be >= 0, md_stride >= 1")
         if not (self.rattle_std >= 0 and self.md_temperature >= 0 and self.md_timestep > 0):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from .._settings import check_types
 from .topology import bond_changes, covalent_bonds
 
 __all__ = ["TriggerSettings", "TopologyTrigger", "system_fingerprint"]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from .._settings import check_types
 from .. import _keys as K
 from .guard import GuardSettings, check_adaptation
 from .samples import SampleSettings, make_samples
@@ -74,12 +75,15 @@ class TTTSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.guard, dict):
+            object.__setattr__(self, "guard", GuardSettings(**self.guard))
+        check_types(self)
+        if not (0.0 <= self.momentum < 1.0 and self.weight_decay >= 0 and self.min_improvement >= 0):
+            raise ValueError("TTT needs 0 <= momentum < 1, weight_decay >= 0, min_improvement >= 0")
         if self.max_steps < 1 or not self.lr > 0 or self.adapted_blocks < 0 or self.batch_size < 1:
             raise ValueError("TTT needs max_steps >= 1, lr > 0, adapted_blocks >= 0, batch_size >= 1")
         if not 0.0 <= self.holdout_fraction < 1.0 or self.eval_every < 1 or self.patience < 1:
             raise ValueError("TTT needs 0 <= holdout_fraction < 1, eval_every >= 1, patience >= 1")
-        if isinstance(self.guard, dict):
-            object.__setattr__(self, "guard", GuardSettings(**self.guard))
         self.sample_settings()  # validates the sampling fields
 
     def sample_settings(self) -> SampleSettings:

@@ -197,27 +197,7 @@ def run(settings: DemoSettings) -> dict:
         print(f"MD {name:<9} {r.steps} steps, {state}, max bond deviation {r.max_bond_deviation:.2f} Å, "
               f"{1e3 * r.seconds / max(r.steps, 1):.1f} ms/step")
 
-    # forces against the reference on frames of the reference trajectory (both models, same frames)
-    from ase import Atoms
-
-    ref_pos = md["reference"].positions
-    pick = np.linspace(len(ref_pos) // 4, len(ref_pos) - 1, min(s.parity_frames, len(ref_pos))).astype(int)
-    frames = [Atoms(numbers=atoms.numbers, positions=ref_pos[k]) for k in pick]
-    parity = {"reference": _forces_on(frames, reference), "base": _forces_on(frames, base),
-              "adaptive": _forces_on(frames, adaptive)}
-    mae = {k: float(np.abs(parity[k] - parity["reference"]).mean()) * 1e3 for k in ("base", "adaptive")}
-    mae["prior"] = float(np.abs(_forces_on(frames, prior) - parity["reference"]).mean()) * 1e3
-    print(f"force MAE vs {s.reference} on {len(frames)} reference-MD frames: base {mae['base']:.0f}, "
-          f"adaptive {mae['adaptive']:.0f}, prior {mae['prior']:.0f} meV/Å")
-    change = mae["adaptive"] / mae["base"] - 1.0
-    if ttt is not None and ttt.rolled_back:
-        print(f"no adaptation used: {ttt.stop_reason} (the unadapted model answered)")
-    elif abs(change) < 1e-9:
-        print("no adaptation used: the system was not shifted, or TTT did not run")
-    else:
-        print(f"adaptation {'lowered' if change < 0 else 'raised'} the force error by {abs(change):.0%}"
-              + ("" if change < 0 else f": TTT pulled the model towards the prior ({s.prior}), which disagrees "
-                 f"with {s.reference} here (benchmarks/README.md, validation_ttt.py)"))
+    parity, mae, change = _force_errors(s, atoms, md["reference"].positions, reference, base, adaptive, prior, ttt)
 
     r_axis, h_ref = distance_histogram(md["reference"].positions)
     hr = {"r": r_axis, "reference": h_ref}
@@ -236,3 +216,27 @@ def run(settings: DemoSettings) -> dict:
     print(f"h(r) MAE vs reference MD: base {hr_err['base']:.4f}, adaptive {hr_err['adaptive']:.4f}")
     print(f"wrote {out}/summary.json, trajectories" + (", hr.png, parity.png" if plots else ""))
     return summary
+
+
+def _force_errors(s: DemoSettings, atoms, ref_pos: np.ndarray, reference, base, adaptive, prior, ttt):
+    """Forces against the reference on frames of the reference trajectory (both models, same frames)."""
+    from ase import Atoms
+
+    pick = np.linspace(len(ref_pos) // 4, len(ref_pos) - 1, min(s.parity_frames, len(ref_pos))).astype(int)
+    frames = [Atoms(numbers=atoms.numbers, positions=ref_pos[k]) for k in pick]
+    parity = {"reference": _forces_on(frames, reference), "base": _forces_on(frames, base),
+              "adaptive": _forces_on(frames, adaptive)}
+    mae = {k: float(np.abs(parity[k] - parity["reference"]).mean()) * 1e3 for k in ("base", "adaptive")}
+    mae["prior"] = float(np.abs(_forces_on(frames, prior) - parity["reference"]).mean()) * 1e3
+    print(f"force MAE vs {s.reference} on {len(frames)} reference-MD frames: base {mae['base']:.0f}, "
+          f"adaptive {mae['adaptive']:.0f}, prior {mae['prior']:.0f} meV/Å")
+    change = mae["adaptive"] / mae["base"] - 1.0
+    if ttt is not None and ttt.rolled_back:
+        print(f"no adaptation used: {ttt.stop_reason} (the unadapted model answered)")
+    elif abs(change) < 1e-9:
+        print("no adaptation used: the system was not shifted, or TTT did not run")
+    else:
+        print(f"adaptation {'lowered' if change < 0 else 'raised'} the force error by {abs(change):.0%}"
+              + ("" if change < 0 else f": TTT pulled the model towards the prior ({s.prior}), which disagrees "
+                 f"with {s.reference} here (benchmarks/README.md, validation_ttt.py)"))
+    return parity, mae, change

@@ -300,6 +300,21 @@ def _pickle_free(model: dict[str, Any], extra: dict[str, Any]) -> dict[str, np.n
     return out
 
 
+def _sigma_search(sigma: float | None, n_train: int, n_frames: int):
+    """(sigma grid, its scores so far, frames to fit, frames to score) for the length-scale choice."""
+    if sigma is not None:
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        return (float(sigma),), [float("nan")], None, None
+    if n_frames > n_train:
+        return SIGMA_GRID, [], np.arange(n_train), np.arange(n_train, n_frames)
+    if n_train < 5:
+        raise ValueError(f"choosing sigma needs at least 5 training frames or extra validation frames "
+                         f"(got {n_train}); pass sigma= explicitly")
+    val_idx = np.arange(4, n_train, 5)
+    return SIGMA_GRID, [], np.setdiff1d(np.arange(n_train), val_idx), val_idx
+
+
 def fit_sgdml_prior(
     frames: str | Path | Sequence[Atoms],
     n_train: int = 50,
@@ -336,21 +351,7 @@ def fit_sgdml_prior(
     z, R, E, F = _arrays(frames, energy_key, forces_key)
     name = frames[0].get_chemical_formula()
     train = slice(0, n_train)
-    if sigma is not None:
-        grid, scores = (float(sigma),), [float("nan")]
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
-    else:
-        grid = SIGMA_GRID
-        if len(frames) > n_train:
-            fit_idx, val_idx = np.arange(n_train), np.arange(n_train, len(frames))
-        else:
-            if n_train < 5:
-                raise ValueError(f"choosing sigma needs at least 5 training frames or extra validation frames "
-                                 f"(got {n_train}); pass sigma= explicitly")
-            val_idx = np.arange(4, n_train, 5)
-            fit_idx = np.setdiff1d(np.arange(n_train), val_idx)
-        scores = []
+    grid, scores, fit_idx, val_idx = _sigma_search(sigma, n_train, len(frames))
 
     with sgdml_compat(), _captured_sgdml_logs() as logs:
         np.random.seed(seed)

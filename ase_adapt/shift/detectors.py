@@ -24,6 +24,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from .._settings import check_types
 from .. import _keys as K
 from .spectrum import SpectrumMethod, laplacian_spectrum, spectral_distance
 from .stats import mean_force_norm
@@ -47,7 +48,7 @@ class DetectorSettings:
     min_std_force: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "spectrum_method", SpectrumMethod(self.spectrum_method))
+        check_types(self)
         if self.k_force <= 0 or self.k_spectral <= 0:
             raise ValueError("detector thresholds k_force and k_spectral must be > 0")
         if self.min_std_spectral < 0 or self.min_std_force < 0:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from ase import Atoms
 
+from .._settings import check_types
 from .spectrum import SpectrumMethod, laplacian_spectrum, spectral_distance
 
 __all__ = ["RadiusSettings", "RadiusResult", "refine_radius"]
@@ -29,7 +30,7 @@ class RadiusSettings:
     dense_max: int = 2000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "spectrum_method", SpectrumMethod(self.spectrum_method))
+        check_types(self)
         if self.n_candidates < 1:
             raise ValueError("n_candidates must be >= 1")
         if not 0 < self.r_min_fraction <= 1:

@@ -131,6 +131,41 @@ def _pooled_losses(model, frames: list[Atoms], labels: dict[str, list[dict[str, 
             for h in heads}
 
 
+def _training_frames(model, frames: Iterable[Atoms]) -> tuple[list[Atoms], list[int], int, list[int]]:
+    """(frames that are not isolated atoms, their indices, how many were skipped, their elements)."""
+    all_frames = list(frames)
+    index = [i for i, a in enumerate(all_frames) if not is_isolated_atom(a)]
+    data = [all_frames[i] for i in index]
+    n_isolated = len(all_frames) - len(data)
+    if not data:
+        raise DataError(f"no training frames to compute statistics from ({n_isolated} isolated-atom frames skipped)")
+    elements = sorted({int(z) for a in data for z in a.numbers})
+    unknown = sorted(set(elements) - set(model.elements))
+    if unknown:
+        first = next(i for i, a in zip(index, data) if set(a.numbers) & set(unknown))
+        raise UnknownElementError(f"frame {first}: elements {unknown} are not among the model's {list(model.elements)}")
+    return data, index, n_isolated, elements
+
+
+def _prior_label_sets(model, data: list[Atoms], index: list[int], prior_heads: Sequence[str] | None,
+                      prior_energy_key: str, prior_forces_key: str, stress: bool, notes: list[str]):
+    """({head: labels of every frame}, {head: [energy key, forces key]}) for the prior heads."""
+    explicit = prior_heads is not None
+    heads = list(prior_heads) if explicit else model_prior_heads(model)
+    label_keys: dict[str, list[str]] = {}
+    labels: dict[str, list[dict[str, Any]]] = {}
+    for h in heads:
+        if h not in model.heads:
+            raise ValueError(f"model has no head {h!r}; heads: {list(model.heads)}")
+        ek, fk = (prior_energy_key, prior_forces_key) if h == K.PRIOR_HEAD else prior_label_keys(h)[:2]
+        if not explicit and not any(has_label(a, ek) or has_label(a, fk) for a in data):
+            notes.append(f"head {h!r}: no frame has labels {ek!r}/{fk!r}; its prior loss is not computed")
+            continue
+        labels[h] = _label_set(data, index, ek, fk, stress)
+        label_keys[h] = [ek, fk]
+    return labels, label_keys
+
+
 def compute_training_stats(
     model,
     frames: Iterable[Atoms],
@@ -157,33 +192,11 @@ def compute_training_stats(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    all_frames = list(frames)
-    index = [i for i, a in enumerate(all_frames) if not is_isolated_atom(a)]
-    data = [all_frames[i] for i in index]
-    n_isolated = len(all_frames) - len(data)
-    if not data:
-        raise DataError(f"no training frames to compute statistics from ({n_isolated} isolated-atom frames skipped)")
-    elements = sorted({int(z) for a in data for z in a.numbers})
-    unknown = sorted(set(elements) - set(model.elements))
-    if unknown:
-        first = next(i for i, a in zip(index, data) if set(a.numbers) & set(unknown))
-        raise UnknownElementError(f"frame {first}: elements {unknown} are not among the model's {list(model.elements)}")
+    data, index, n_isolated, elements = _training_frames(model, frames)
     notes: list[str] = []
     stress = loss_weights.stress > 0
-
-    explicit = prior_heads is not None
-    heads = list(prior_heads) if explicit else model_prior_heads(model)
-    label_keys: dict[str, list[str]] = {}
-    labels: dict[str, list[dict[str, Any]]] = {}
-    for h in heads:
-        if h not in model.heads:
-            raise ValueError(f"model has no head {h!r}; heads: {list(model.heads)}")
-        ek, fk = (prior_energy_key, prior_forces_key) if h == K.PRIOR_HEAD else prior_label_keys(h)[:2]
-        if not explicit and not any(has_label(a, ek) or has_label(a, fk) for a in data):
-            notes.append(f"head {h!r}: no frame has labels {ek!r}/{fk!r}; its prior loss is not computed")
-            continue
-        labels[h] = _label_set(data, index, ek, fk, stress)
-        label_keys[h] = [ek, fk]
+    labels, label_keys = _prior_label_sets(model, data, index, prior_heads, prior_energy_key, prior_forces_key,
+                                           stress, notes)
 
     main_loss_wanted = K.MAIN_HEAD in model.heads and bool(energy_key or forces_key)
     # reference labels may be missing on prior-only frames (joint training): those frames are left out

@@ -57,6 +57,25 @@ def partial_path(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".partial")
 
 
+def _check_label_args(out_path: Path, calculator: Calculator, prefix: str, stress: bool | None,
+                      on_error: OnError | str, flush_every: int) -> tuple[OnError, set[str]]:
+    """Refuse bad arguments before any work; (the on-error policy, the calculator's properties)."""
+    _file_format(out_path)  # a bad suffix fails before any work
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(f"label prefix must be letters, digits, '_' or '-' such as 'prior' or 'prior_gfn-ff', "
+                         f"got {prefix!r}")
+    try:
+        on_error = OnError(on_error)
+    except ValueError:
+        raise ValueError(f"on_error must be one of {[m.value for m in OnError]}, got {on_error!r}") from None
+    if int(flush_every) < 1:
+        raise ValueError(f"flush_every must be at least 1, got {flush_every}")
+    implemented = set(getattr(calculator, "implemented_properties", ()))
+    if stress and "stress" not in implemented:
+        raise ValueError(f"stress=True, but {type(calculator).__name__} does not implement stress")
+    return on_error, implemented
+
+
 def label_frames(
     frames_or_path: str | Path | Atoms | Sequence[Atoms],
     calculator: Calculator,
@@ -80,19 +99,7 @@ def label_frames(
     Returns ``out_path``.
     """
     out_path = Path(out_path)
-    _file_format(out_path)  # a bad suffix fails before any work
-    if not _PREFIX_RE.match(prefix):
-        raise ValueError(f"label prefix must be letters, digits, '_' or '-' such as 'prior' or 'prior_gfn-ff', "
-                         f"got {prefix!r}")
-    try:
-        on_error = OnError(on_error)
-    except ValueError:
-        raise ValueError(f"on_error must be one of {[m.value for m in OnError]}, got {on_error!r}") from None
-    if int(flush_every) < 1:
-        raise ValueError(f"flush_every must be at least 1, got {flush_every}")
-    implemented = set(getattr(calculator, "implemented_properties", ()))
-    if stress and "stress" not in implemented:
-        raise ValueError(f"stress=True, but {type(calculator).__name__} does not implement stress")
+    on_error, implemented = _check_label_args(out_path, calculator, prefix, stress, on_error, flush_every)
 
     frames, source = _input_frames(frames_or_path)
     n = len(frames)

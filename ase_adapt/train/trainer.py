@@ -15,77 +15,29 @@ Frozen parameters are never handed to the optimizer, so they stay bit-identical.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import csv
-import enum
 import io
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .. import _keys as K
 from .._io import atomic_write, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
-from .dataset import LabelledFrames, Task
-from ..losses import LossKind, LossWeights, head_loss
+from ..losses import head_loss
+from .dataset import LabelledFrames
+from .optim import EMA, OptimSettings, Scheduler, make_optimizer  # noqa: F401  (re-exported)
 
 __all__ = ["Scheduler", "OptimSettings", "Stage", "TrainResult", "Trainer"]
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
-
-
-class Scheduler(str, enum.Enum):
-    PLATEAU = "plateau"
-    COSINE = "cosine"
-    NONE = "none"
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """Optimisation knobs shared by training and fine-tuning."""
-
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    ema_decay: float | None = 0.99
-    grad_clip: float | None = 10.0
-    scheduler: Scheduler = Scheduler.PLATEAU
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    min_lr: float = 1e-6
-    patience: int | None = 30
-    val_fraction: float = 0.1
-    seed: int = 0
-    loss: LossKind = LossKind.MSE
-    huber_delta: float = 0.01
-    energy_weight: float = 1.0
-    forces_weight: float = 10.0
-    stress_weight: float = 0.0
-    device: str = "cpu"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scheduler", Scheduler(self.scheduler))
-        object.__setattr__(self, "loss", LossKind(self.loss))
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
-
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(self.energy_weight, self.forces_weight, self.stress_weight, self.loss, self.huber_delta)
 
 
 @dataclass
@@ -106,48 +58,6 @@ class TrainResult:
     last_path: Path
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-class _EMA:
-    """Exponential moving average of a parameter list (warm-up: decay min(d, (1+n)/(10+n)))."""
-
-    def __init__(self, params: list[nn.Parameter], decay: float | None) -> None:
-        self.params, self.decay, self.updates = params, decay, 0
-        self.shadow = [p.detach().clone() for p in params] if decay else []
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if not self.decay:
-            return
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Temporarily load the averaged weights into the parameters."""
-        if not self.decay:
-            yield
-            return
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in self.params]
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.copy_(s)
-
-    def state(self) -> dict:
-        return {"updates": self.updates, "shadow": self.shadow}
-
-    def load(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        if self.decay:
-            for s, v in zip(self.shadow, state["shadow"]):
-                s.copy_(v)
 
 
 def _rows_to_csv(rows: list[dict]) -> str:
@@ -239,7 +149,7 @@ class Trainer:
     def _state_path(self) -> Path:
         return self.out_dir / STATE_FILE
 
-    def _write_state(self, stage_i: int, epoch: int, opt, sched, ema: _EMA, best: dict, gen: torch.Generator) -> None:
+    def _write_state(self, stage_i: int, epoch: int, opt, sched, ema: EMA, best: dict, gen: torch.Generator) -> None:
         state = {
             "stage": stage_i,
             "epoch": epoch,
@@ -304,6 +214,34 @@ class Trainer:
         best_path, last_path = self.out_dir / BEST_FILE, self.out_dir / LAST_FILE
         return TrainResult(self.model, best_path, last_path, self.history, stopped_early)
 
+    def _train_epoch(self, st: Stage, epoch: int, params: list[nn.Parameter], opt, ema: EMA,
+                     gen: torch.Generator) -> float:
+        """One pass over the training set in shuffled minibatches; the frame-weighted mean loss."""
+        o, n = self.optim, len(self.train_set)
+        self.model.train()
+        order = torch.randperm(n, generator=gen).tolist()
+        run_loss, run_n = 0.0, 0
+        for b in range(0, n, o.batch_size):
+            idx = order[b:b + o.batch_size]
+            loss, _ = self._loss(self.train_set, idx, list(st.heads), train=True)
+            if loss is None:
+                continue
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"stage {st.name!r}, epoch {epoch}: non-finite training loss; lower the learning "
+                    f"rate (now {opt.param_groups[0]['lr']:.3g}) or check the labels. Resume restarts "
+                    "from the last completed epoch."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            opt.step()
+            ema.update()
+            run_loss += float(loss.detach()) * len(idx)
+            run_n += len(idx)
+        return run_loss / max(run_n, 1)
+
     def _run_stage(self, si: int, state: dict | None, tqdm) -> bool:
         st, o = self.stages[si], self.optim
         params = list(st.parameters(self.model))
@@ -312,16 +250,8 @@ class Trainer:
         trainable = {id(p) for p in params}
         for p in self.model.parameters():
             p.requires_grad_(id(p) in trainable)
-        lr = st.lr or o.lr
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
-        sched = None
-        if o.scheduler is Scheduler.PLATEAU:
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr
-            )
-        elif o.scheduler is Scheduler.COSINE:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=st.epochs, eta_min=o.min_lr)
-        ema = _EMA(params, o.ema_decay)
+        opt, sched = make_optimizer(params, o, st.lr or o.lr, st.epochs)
+        ema = EMA(params, o.ema_decay)
         gen = torch.Generator().manual_seed(o.seed + 1000 * si)
         best = {"loss": math.inf, "epoch": -1, "state": None, "bad": 0}
         start = 0
@@ -334,38 +264,16 @@ class Trainer:
             best = state["best"]
             start = state["epoch"] + 1
         heads = list(st.heads)
-        n = len(self.train_set)
         stopped = False
         bar = tqdm(range(start, st.epochs), desc=st.name, unit="epoch", disable=not o.progress,
                    initial=start, total=st.epochs)
         for epoch in bar:
             t0 = time.perf_counter()
-            self.model.train()
-            order = torch.randperm(n, generator=gen).tolist()
-            run_loss, run_n = 0.0, 0
-            for b in range(0, n, o.batch_size):
-                idx = order[b:b + o.batch_size]
-                loss, _ = self._loss(self.train_set, idx, heads, train=True)
-                if loss is None:
-                    continue
-                if not torch.isfinite(loss):
-                    raise RuntimeError(
-                        f"stage {st.name!r}, epoch {epoch}: non-finite training loss; lower the learning "
-                        f"rate (now {opt.param_groups[0]['lr']:.3g}) or check the labels. Resume restarts "
-                        "from the last completed epoch."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-                opt.step()
-                ema.update()
-                run_loss += float(loss.detach()) * len(idx)
-                run_n += len(idx)
+            train_loss = self._train_epoch(st, epoch, params, opt, ema, gen)
             self.model.eval()
             with ema.applied():
                 val = self._evaluate(self.val_set, heads) if self.val_set is not None and len(self.val_set) else None
-                metric = val["loss"] if val else run_loss / max(run_n, 1)
+                metric = val["loss"] if val else train_loss
                 improved = metric < best["loss"]
                 if improved:
                     best.update(loss=metric, epoch=epoch, bad=0,
@@ -379,7 +287,7 @@ class Trainer:
             elif sched is not None:
                 sched.step()
             row = {"stage": st.name, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                   "train_loss": run_loss / max(run_n, 1)}
+                   "train_loss": train_loss}
             if val:
                 row.update({f"val_{k}": v for k, v in val.items()})
             row["time_s"] = time.perf_counter() - t0
