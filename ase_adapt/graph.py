@@ -89,9 +89,12 @@ def _check_structure(atoms: Atoms, index: int) -> None:
             )
 
 
-def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Full neighbour list of one structure: (i, j, integer shifts, distances), both directions."""
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+def neighbour_list(atoms: Atoms, cutoff: float, full: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour list of one structure: (i, j, integer shifts, distances).
+
+    ``full``: both directions of every pair; otherwise each pair once, in either order.
+    """
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=full)
     cell = atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3))
     i, j, s, d = nl.compute(atoms.positions, cell, atoms.pbc, "ijSd")
     return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), d

@@ -3,6 +3,8 @@ the check that prior-driven sampling kept the molecule intact."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
@@ -11,6 +13,15 @@ from ..graph import neighbour_list
 
 __all__ = ["covalent_bonds", "bond_changes"]
 
+_DENSE_MAX = 64  # atoms: below this (non-periodic), every pair is cheaper than a cell list
+
+
+@functools.lru_cache(maxsize=8)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(n, k=1)  # sorted by (i, j), as the cell-list path returns them
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
 
 def covalent_bonds(atoms: Atoms, factor: float = 1.2) -> np.ndarray:
     """Sorted unique bonds (i < j) with distance < ``factor`` × (r_cov,i + r_cov,j), as [M, 2].
@@ -18,10 +29,18 @@ def covalent_bonds(atoms: Atoms, factor: float = 1.2) -> np.ndarray:
     Periodic images are collapsed: a bond to any image of j counts once.
     """
     radii = covalent_radii[atoms.numbers]
-    i, j, _, d = neighbour_list(atoms, float(2 * radii.max() * factor) + 1e-6)
-    keep = (i < j) & (d < factor * (radii[i] + radii[j]))
-    pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0)
-    return pairs.reshape(-1, 2)
+    n = len(atoms)
+    if n <= _DENSE_MAX and not atoms.pbc.any():  # the MD hot path of small molecules: all pairs at once
+        i, j = _pairs(n)
+        pos = atoms.positions
+        d = np.linalg.norm(pos[i] - pos[j], axis=1)
+        keep = d < factor * (radii[i] + radii[j])
+        return np.stack([i[keep], j[keep]], axis=1)
+    i, j, _, d = neighbour_list(atoms, float(2 * radii.max() * factor) + 1e-6, full=False)
+    keep = (i != j) & (d < factor * (radii[i] + radii[j]))  # i == j: an atom and its own image
+    lo, hi = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])
+    keys = np.unique(lo * n + hi)  # sorted, images collapsed (1-D keys: far faster than unique rows)
+    return np.stack([keys // n, keys % n], axis=1)
 
 
 def bond_changes(atoms: Atoms, reference: np.ndarray, now: np.ndarray, break_factor: float = 1.5) -> int:
