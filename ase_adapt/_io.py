@@ -41,3 +41,28 @@ def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=float) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def check_writable(path: str | Path, directory: bool = False) -> Path:
+    """Make sure ``path`` (a file, or with ``directory`` a folder) can be written, before any work.
+
+    Creates the missing folders (the output would create them anyway) and writes and removes a
+    probe file where the output will go, so a read-only place, a path below a regular file or a
+    full permission denial fails now, in one line, not after hours of compute. This is a real
+    write, not ``os.access``, so it also holds for root and for read-only file systems.
+    """
+    path = Path(path)
+    folder = path if directory else path.parent
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write output folder {str(path)!r}: a file of that name exists")
+    if not directory and path.is_dir():
+        raise ValueError(f"cannot write output file {str(path)!r}: it is a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ase-adapt-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write {'folder' if directory else 'file'} {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
+    return path

@@ -36,7 +36,8 @@ from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
 from .adapt.ttt import TTTResult, TTTSettings, prior_head_for
 from .calculator import MLFFCalculator, is_out_of_memory
 from .elements import UnknownPolicy
-from .errors import CalculationFailed
+from .errors import CalculationFailed, InvalidStructureError
+from .graph import check_structure
 from .models.mlff import MLFF
 from .shift.detectors import DetectorSettings, ShiftReport
 from .shift.radius import RadiusSettings
@@ -166,6 +167,10 @@ class AdaptiveCalculator(MLFFCalculator):
 
         A system seen before reuses its cached adaptation unless ``fresh``.
         """
+        try:
+            check_structure(atoms)
+        except InvalidStructureError as exc:
+            raise CalculationFailed(str(exc)) from None
         t0 = time.perf_counter()
         fresh = fresh or self._trigger.fresh
         fp = system_fingerprint(atoms, self._trigger.checked(atoms))

@@ -31,7 +31,8 @@ from . import _keys as K
 from ._dtypes import as_device, as_dtype
 from .elements import SpeciesMapping, UnknownPolicy, check_elements
 from .errors import CalculationFailed, InvalidStructureError
-from .graph import AtomicGraph, build_graph
+from .graph import AtomicGraph, build_graph, check_structure
+from .labels import charge_and_spin
 from .models.mlff import MLFF
 
 _ASE_KWARGS = {"restart", "ignore_bad_restart_file", "label", "atoms", "directory"}  # ase Calculator's own
@@ -113,6 +114,7 @@ class MLFFCalculator(Calculator):
         self.min_distance = float(min_distance)
         self.species_mapping: SpeciesMapping | None = None
         self._token: tuple | None = None
+        self._warned_electrons: set[tuple[int, int | None]] = set()
 
     def _take_model(self, model: MLFF, device: torch.device | None, dtype: torch.dtype | None,
                     owned: bool) -> MLFF:
@@ -180,6 +182,18 @@ class MLFFCalculator(Calculator):
                 raise CalculationFailed(f"model returned non-finite {key} for a system of {graph.num_nodes} atoms")
         return results
 
+    def _warn_charge_blind(self, atoms: Atoms) -> None:
+        """The model has no charge or spin input: say so (once per system) when the atoms carry one."""
+        try:
+            electrons = charge_and_spin(atoms)
+        except ValueError as exc:
+            raise CalculationFailed(str(exc)) from None
+        charge, spin = electrons
+        if (charge != 0 or (spin or 1) != 1) and electrons not in self._warned_electrons:
+            self._warned_electrons.add(electrons)
+            warnings.warn(f"the model takes no charge or spin: atoms.info charge={charge}, spin={spin} "
+                          "reaches only an electronic prior (xTB, GFN-FF), not the model's prediction", stacklevel=4)
+
     def graph_cutoff(self, atoms: Atoms) -> float:
         """The graph radius for ``atoms`` (the model's cutoff); the adaptive calculator checks and adapts here."""
         return self.model.cutoff
@@ -188,6 +202,11 @@ class MLFFCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         if "stress" in properties and not self.atoms.pbc.all():
             raise PropertyNotImplementedError("stress is only defined for cells periodic in all three directions")
+        try:  # NaN/inf or a degenerate cell: refused before the trigger, the prior or the model see it
+            check_structure(self.atoms)
+        except InvalidStructureError as exc:
+            raise CalculationFailed(str(exc)) from None
+        self._warn_charge_blind(self.atoms)
         cutoff = self.graph_cutoff(self.atoms)  # may change the weights (adaptation): token after it
         token = self.model.weights_token()
         self.results = self.evaluate(self.make_graph(self.atoms, cutoff=cutoff))

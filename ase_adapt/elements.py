@@ -67,6 +67,19 @@ def nearest_known_element(z: int, known: Iterable[int]) -> int:
     return min(known, key=distance)
 
 
+MAX_PERIOD_DISTANCE = 2  # the nearest policy maps within one group (±1) and two periods
+
+
+def _close(z: int, k: int) -> bool:
+    """May ``k`` stand in for ``z``? Neighbouring groups, at most two periods apart; never the f-block,
+    and never hydrogen (group 1 on paper, but no alkali metal is like it)."""
+    (p0, g0), (p1, g1) = _period_group(z), _period_group(k)
+    f_block = (57 <= z <= 71) or (89 <= z <= 103)
+    if f_block or 1 in (z, k):
+        return False
+    return abs(g1 - g0) <= 1 and abs(p1 - p0) <= MAX_PERIOD_DISTANCE
+
+
 @dataclass(frozen=True)
 class SpeciesMapping:
     """The result of checking a structure's elements against a model's elements."""
@@ -104,6 +117,13 @@ def check_elements(
     if any(z < 1 or z > 118 for z in unknown):
         raise UnknownElementError(f"invalid atomic number(s): {names}")
     mapped = {z: nearest_known_element(z, known_set) for z in unknown}
+    far = {z: k for z, k in mapped.items() if not _close(z, k)}
+    if far:
+        raise UnknownElementError(
+            "no known element is close enough to stand in for "
+            + ", ".join(f"{chemical_symbols[z]} (nearest: {chemical_symbols[k]})" for z, k in far.items())
+            + f"; the nearest policy maps only to a neighbouring group at most {MAX_PERIOD_DISTANCE} periods away, "
+            "never to or from H or the f-block (Si -> C, S -> O); use a model trained on these elements")
     out = numbers.copy()
     for a, b in mapped.items():
         out[numbers == a] = b

@@ -116,6 +116,8 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
         t0 = time.perf_counter()
         report = calc.check(frames[0].copy())
         timings["check_seconds"] = time.perf_counter() - t0
+        event = calc.events[-1]  # what was done and why: a skipped adaptation is never silent
+        out["adaptation"] = {"kind": event["kind"], "action": event["action"], "prior_error": event.get("prior_error")}
         # every frame with the adapted weights and radius, as in MD after the one adaptation
         t0 = time.perf_counter()
         e_pred, f_pred = [], []

@@ -11,6 +11,8 @@ Edge convention: ``edge_index[0]`` is the centre atom ``i`` (the receiver of the
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
@@ -73,7 +75,8 @@ class AtomicGraph:
         return pos[j] - pos[i] + offsets
 
 
-def _check_structure(atoms: Atoms, index: int) -> None:
+def check_structure(atoms: Atoms, index: int = 0) -> None:
+    """Refuse non-finite positions or cell and a degenerate periodic cell (InvalidStructureError)."""
     pos = atoms.positions
     if not np.all(np.isfinite(pos)):
         raise InvalidStructureError(f"structure {index}: positions contain NaN or inf")
@@ -118,14 +121,14 @@ def build_graph(
     frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
     if not frames:
         raise InvalidStructureError("cannot build a graph of zero structures")
-    if cutoff <= 0:
-        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a positive, finite number of Å, got {cutoff}")
     pos, nums, cells, pbcs, edges, shifts, batch = [], [], [], [], [], [], []
     offset = 0
     for k, a in enumerate(frames):
         if len(a) == 0:
             raise InvalidStructureError(f"structure {k} has no atoms")
-        _check_structure(a, k)
+        check_structure(a, k)
         i, j, s, d = neighbour_list(a, cutoff)
         if min_distance is not None and len(d) and d.min() < min_distance:
             m = int(np.argmin(d))
@@ -133,7 +136,9 @@ def build_graph(
                 f"structure {k}: atoms {i[m]} and {j[m]} are {d[m]:.3g} Å apart, "
                 f"below min_distance={min_distance} Å"
             )
-        pos.append(a.positions)
+        # Edges only see differences: moving each structure's centroid to the origin (in float64)
+        # keeps float32 exact to ~1e-6 Å however far from the origin the user's coordinates lie.
+        pos.append(a.positions - a.positions.mean(axis=0))
         nums.append(a.numbers if numbers is None else np.asarray(numbers[k]))
         cells.append(a.cell.array)
         pbcs.append(a.pbc)

@@ -148,3 +148,19 @@ def prior_label_keys(head: str) -> tuple[str, str, str]:
         raise ValueError(f"{head!r} is not a prior head (expected 'prior' or 'prior:<kind>')")
     kind = head[len(K.PRIOR_HEAD) + 1:]
     return f"prior_{kind}_energy", f"prior_{kind}_forces", f"prior_{kind}_stress"
+
+
+def charge_and_spin(atoms: Atoms) -> tuple[int, int | None]:
+    """The system's total charge and spin multiplicity (2S+1) from ``atoms.info``.
+
+    ``atoms.info["charge"]`` (default 0) and ``atoms.info["spin"]`` (the multiplicity, as in
+    fairchem's convention; default None: the calculator's choice, closed shell for xTB). Anything
+    that is not an integer charge or a multiplicity >= 1 is refused with ValueError.
+    """
+    charge, spin = atoms.info.get("charge", 0), atoms.info.get("spin")
+    if isinstance(charge, bool) or not isinstance(charge, (int, float, np.integer, np.floating)) \
+            or not float(charge).is_integer():
+        raise ValueError(f"atoms.info['charge'] must be an integer total charge, got {charge!r}")
+    if spin is not None and (isinstance(spin, bool) or not isinstance(spin, (int, np.integer)) or spin < 1):
+        raise ValueError(f"atoms.info['spin'] must be the spin multiplicity 2S+1 (an integer >= 1), got {spin!r}")
+    return int(charge), None if spin is None else int(spin)

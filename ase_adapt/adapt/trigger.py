@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 
 from .._settings import check_types
+from ..labels import charge_and_spin
 from .topology import bond_changes, covalent_bonds
 
 __all__ = ["TriggerSettings", "TopologyTrigger", "system_fingerprint"]
@@ -32,10 +33,11 @@ class TriggerSettings:
 
 
 def system_fingerprint(atoms: Atoms, bonds: np.ndarray) -> str:
-    """Numbers + covalent bond graph + pbc: what identifies 'the same system' for the cache."""
+    """Numbers + covalent bond graph + pbc + charge and spin: 'the same system' for the cache."""
     h = hashlib.sha256(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(bonds, dtype=np.int64).tobytes())
     h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    h.update(repr(charge_and_spin(atoms)).encode())  # a cation is not the neutral molecule
     return h.hexdigest()[:16]
 
 
@@ -51,6 +53,7 @@ class TopologyTrigger:
         """Forget the last check: the next call checks."""
         self._numbers: np.ndarray | None = None
         self._bonds: np.ndarray | None = None
+        self._electrons: tuple[int, int | None] = (0, None)
         self._last = 0
         self.fresh = False  # the pending check must not reuse the cache (a periodic check)
 
@@ -61,10 +64,13 @@ class TopologyTrigger:
         """Record a check of ``atoms`` now; return its bonds (for the fingerprint)."""
         bonds = self.bonds(atoms)
         self._bonds, self._numbers, self._last, self.fresh = bonds, atoms.numbers.copy(), self.calls, False
+        self._electrons = charge_and_spin(atoms)
         return bonds
 
     def needs_check(self, atoms: Atoms) -> bool:
         if self._numbers is None or not np.array_equal(atoms.numbers, self._numbers):
+            return True
+        if charge_and_spin(atoms) != self._electrons:
             return True
         s = self.settings
         if s.every_n_steps and self.calls - self._last >= s.every_n_steps:

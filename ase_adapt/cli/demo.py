@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._settings import check_types
 from ._common import add_quiet
 
 DEFAULT_MOLECULE = Path(__file__).resolve().parents[1] / "data" / "naphthalene.xyz"
@@ -53,6 +54,14 @@ class DemoSettings:
     out: str = "demo-output"
     plots: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("md_steps", "parity_frames", "ttt_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.temperature_K > 0 and self.timestep_fs > 0):
+            raise ValueError(f"--temperature and the time step must be > 0, got {self.temperature_K}, {self.timestep_fs}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -148,12 +157,11 @@ def _plots(out: Path, hr: dict, parity: dict) -> list[str]:
 
 
 def run(settings: DemoSettings) -> dict:
-    from ase.io import read
-
     from .. import AdaptiveCalculator, MLFFCalculator, load_model
     from .._io import write_json
     from ..priors import make_prior
     from ..adapt.ttt import TTTSettings
+    from ..train.data import read_frames
     from ..workflows.md import distance_histogram, hr_mae, run_nvt
 
     s = settings
@@ -163,9 +171,7 @@ def run(settings: DemoSettings) -> dict:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(s.molecule) if s.molecule else DEFAULT_MOLECULE
-    if not path.is_file():
-        raise FileNotFoundError(f"no molecule file {str(path)!r}")
-    atoms = read(path)
+    atoms = read_frames(path, -1)[0]  # a missing, empty or corrupt file: one clear DataError
     model = load_model(s.model)
     reference = make_prior(s.reference)
     print(f"model {s.model!r}: trained on {', '.join(map(str, model.training_stats.get('molecules', []))) or 'its training set'}; "

@@ -21,7 +21,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from dataclasses import dataclass, field, replace
 
 from ..evaluate import EvaluateSettings
@@ -93,6 +93,11 @@ def run(settings: EvaluateCommand) -> dict:
         t = result["ttt"]
         print(f"TTT: {t['steps']} steps, prior loss {t['loss_before']:.4g} -> {t['loss_after']:.4g}, "
               f"{t['seconds']:.1f} s ({t['stop_reason']})")
+    adaptation = result["adaptation"]
+    print(f"adaptation: {adaptation['kind']} ({adaptation['action']})")
+    if adaptation.get("prior_error"):
+        print(f"warning: the prior failed, so the model was not adapted: {adaptation['prior_error']}",
+              file=sys.stderr)
     if settings.json:
         print(f"wrote {settings.json}")
     return result

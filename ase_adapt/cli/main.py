@@ -26,14 +26,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Settings fields that name outputs: checked for writability before any work.
+OUTPUT_FILES = ("json",)
+OUTPUT_DIRS = {"train": ("out",), "finetune": ("out",), "demo": ("out",)}  # other commands' out is a file
+
+
+def check_outputs(command: str, settings: object) -> None:
+    """Every output path of ``settings`` can be written (a probe file), before the command runs."""
+    from .._io import check_writable
+
+    dirs = OUTPUT_DIRS.get(command, ())
+    for name in ("out", *OUTPUT_FILES):
+        value = getattr(settings, name, None)
+        if value and value != "-":
+            check_writable(value, directory=name in dirs)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, (ValueError, OSError, RuntimeError)) else f"{type(exc).__name__}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, build the subcommand's settings and run it. Returns the exit code."""
+    """Parse ``argv``, build the subcommand's settings and run it. Returns the exit code.
+
+    Bad input of any kind (a setting, a file that is missing, unreadable or of an unknown format,
+    an unwritable output, a failed prior) ends with one line on stderr and exit code 2; Ctrl-C
+    with one line and 130. Outputs are checked for writability before the work starts.
+    """
+    from ase.io.formats import UnknownFileTypeError
+
     args = build_parser().parse_args(argv)
     module = COMMANDS[args.command]
     try:
-        module.run(module.settings_from_args(args))
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        print(f"ase-adapt {args.command}: error: {exc}", file=sys.stderr)
+        settings = module.settings_from_args(args)
+        check_outputs(args.command, settings)
+        module.run(settings)
+    except KeyboardInterrupt:
+        print(f"ase-adapt {args.command}: interrupted; finished outputs are kept (a rerun resumes "
+              "where the command supports it)", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, RuntimeError, UnknownFileTypeError, StopIteration) as exc:
+        print(f"ase-adapt {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -168,6 +168,24 @@ def summary_lines(stats: dict) -> list[str]:
     return lines
 
 
+def _refuse_losing_prior_heads(model, frames: list, settings: StatsSettings) -> None:
+    """Before any work: writing statistics without a prior head's labels would drop its prior loss,
+    the reference point TTT compares against, from the checkpoint."""
+    from .. import _keys as K
+    from ..labels import has_label, prior_heads, prior_label_keys
+
+    heads = settings.prior_heads if settings.prior_heads is not None else prior_heads(model)
+    missing = []
+    for h in heads:
+        keys = (settings.prior_energy_key, settings.prior_forces_key) if h == K.PRIOR_HEAD else prior_label_keys(h)[:2]
+        if not any(has_label(a, k) for a in frames for k in keys):
+            missing.append(f"{h} ({keys[0]}/{keys[1]})")
+    if missing:
+        raise ValueError(f"no frame of {settings.data} carries labels for prior head(s) {', '.join(missing)}; "
+                         f"statistics written to {settings.out} would lose their prior losses, which TTT needs. "
+                         "Label the frames first (ase-adapt label --prior SPEC --prefix ...), or write --json only")
+
+
 def run(settings: StatsSettings) -> dict:
     from .._io import write_json
     from ..checkpoint import load_model, save_model
@@ -175,6 +193,8 @@ def run(settings: StatsSettings) -> dict:
 
     model = load_model(settings.model)
     frames = _read_frames(settings.data)
+    if settings.out:
+        _refuse_losing_prior_heads(model, frames, settings)
     stats = compute_training_stats(
         model, frames,
         energy_key=settings.energy_key, forces_key=settings.forces_key,

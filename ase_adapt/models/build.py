@@ -19,6 +19,11 @@ from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedd
 from .mlff import MLFF
 
 
+# Å. Message-passing MLFFs use 4-7 Å; a larger radius makes neighbour lists and memory explode
+# (1e6 Å hung before this limit) without any physics gained.
+MAX_CUTOFF = 20.0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the MLFF. Everything needed to rebuild it from a checkpoint."""
@@ -50,8 +55,10 @@ class ModelConfig:
         if not 0 <= self.head_layers < self.num_layers:
             raise ValueError(f"head_layers must be in [0, num_layers) = [0, {self.num_layers}), got {self.head_layers}"
                              " (at least one interaction block is shared)")
-        if self.l_max < 0 or self.cutoff <= 0 or self.avg_num_neighbors <= 0:
-            raise ValueError("l_max must be >= 0; cutoff and avg_num_neighbors > 0")
+        if not 0 < self.cutoff <= MAX_CUTOFF:  # also refuses NaN
+            raise ValueError(f"cutoff must be in (0, {MAX_CUTOFF}] Å, got {self.cutoff}")
+        if self.l_max < 0 or not self.avg_num_neighbors > 0:
+            raise ValueError("l_max must be >= 0 and avg_num_neighbors > 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -33,6 +33,7 @@ from ase.calculators.calculator import Calculator, Parameters, all_changes
 from ase.data import chemical_symbols
 
 from ..errors import PriorError
+from ..labels import charge_and_spin
 
 __all__ = ["Prior", "StressPrior", "describe", "native_flushers", "scratch_cwd", "silenced_stdout"]
 
@@ -73,6 +74,7 @@ class Prior(Calculator):
         reuse_setup: bool = False,
         quiet: bool = False,
         scratch: bool = False,
+        electronic: bool = False,
     ) -> None:
         super().__init__()
         if threads is not None:
@@ -92,6 +94,7 @@ class Prior(Calculator):
         self.reuse_setup = bool(reuse_setup)
         self.quiet = bool(quiet)
         self.scratch = bool(scratch)
+        self.electronic = bool(electronic)  # takes charge and spin (atoms.info); others refuse a charged system
         self._controller: Any = None
         self._flushers: list[Callable[[], None]] | None = None
         # what identifies these labels (label_frames fingerprints calculator.parameters)
@@ -108,6 +111,12 @@ class Prior(Calculator):
         return f"{type(self).__name__}(kind={self.kind!r}, spec={self.spec!r}, threads={self.threads})"
 
     # ----------------------------------------------------------------------------------- ASE API
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and any(atoms.info.get(k) != self.atoms.info.get(k) for k in ("charge", "spin")):
+            changes.append("info")  # a new charge or spin is a new system
+        return changes
+
     def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
                   system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -135,6 +144,13 @@ class Prior(Calculator):
             return "non-finite atomic positions"
         if atoms.pbc.any() and not np.isfinite(np.asarray(atoms.cell)).all():
             return "non-finite cell"
+        try:
+            charge, spin = charge_and_spin(atoms)
+        except ValueError as exc:
+            return str(exc)
+        if not self.electronic and (charge != 0 or (spin or 1) != 1):
+            return (f"{self.kind} has no electrons, so it cannot model a charged or open-shell system "
+                    f"(atoms.info charge={charge}, spin={spin}); use gfn2-xtb, gfn1-xtb or gfn-ff")
         if self.elements is not None:
             bad = sorted(set(int(z) for z in atoms.numbers) - self.elements)
             if bad:
@@ -158,7 +174,7 @@ class Prior(Calculator):
             with self._thread_limit(), self._silence(), (scratch_cwd() if self.scratch else contextlib.nullcontext()):
                 if not self.reuse_setup:
                     self.backend.reset()
-                work = atoms.copy()
+                work = self._with_charge_and_spin(atoms)
                 work.calc = self.backend
                 energy = float(work.get_potential_energy())
                 forces = np.array(work.get_forces(), dtype=np.float64)
@@ -178,6 +194,21 @@ class Prior(Calculator):
                 raise self._fail(atoms, "non-finite or malformed stress")
             results["stress"] = stress
         return results
+
+    def _with_charge_and_spin(self, atoms: Atoms) -> Atoms:
+        """A copy whose initial charges and moments carry ``atoms.info`` charge and spin (ASE's way:
+        tblite and xtb-python read their sums); without those keys the user's own values stay."""
+        work = atoms.copy()
+        if self.electronic and ("charge" in atoms.info or "spin" in atoms.info):
+            charge, spin = charge_and_spin(atoms)
+            q = np.zeros(len(work))
+            q[0] = charge
+            work.set_initial_charges(q)
+            if spin is not None:
+                m = np.zeros(len(work))
+                m[0] = spin - 1  # unpaired electrons
+                work.set_initial_magnetic_moments(m)
+        return work
 
     def _silence(self) -> contextlib.AbstractContextManager:
         if not self.quiet:

@@ -58,7 +58,7 @@ def tblite_prior(spec: str, **options: Any) -> StressPrior:
     rest.setdefault("verbosity", 0)
     backend = TBLite(method=_TBLITE_METHODS[spec], **rest)
     return StressPrior(backend, spec, spec, threads=ours.get("threads", 1), elements=XTB_ELEMENTS,
-                       reuse_setup=ours.get("reuse_setup", False))
+                       reuse_setup=ours.get("reuse_setup", False), electronic=True)
 
 
 def _molecules_only(atoms: Atoms) -> str | None:
@@ -88,4 +88,4 @@ def gfnff_prior(spec: str = "gfn-ff", **options: Any) -> Prior:
     backend = XTB(method="GFN-FF", **rest)
     return Prior(backend, "gfn-ff", spec, threads=ours.get("threads", 1), elements=XTB_ELEMENTS,
                  checks=(_molecules_only,), reuse_setup=ours.get("reuse_setup", False),
-                 quiet=ours.get("quiet", True), scratch=True)
+                 quiet=ours.get("quiet", True), scratch=True, electronic=True)
