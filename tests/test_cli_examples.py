@@ -28,18 +28,28 @@ def test_example_runs(script: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "examples must not litter the working directory"
 
 
-def test_demo_writes_only_its_outputs_from_a_read_only_directory(tmp_path: Path) -> None:
+def _read_only_directory(tmp_path: Path) -> Path:
+    """A working directory no one can write to, root included: procfs refuses every new file
+    (a chmod 555 folder, the fallback off Linux, stops everyone but root)."""
+    if Path("/proc/self").is_dir():
+        return Path("/proc")
     ro = tmp_path / "ro"
     ro.mkdir()
-    out = tmp_path / "out"
     ro.chmod(0o555)
-    try:
-        proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "200", "--parity-frames", "2",
-                     "--ttt-steps", "5", "--out", str(out), "--quiet"], cwd=ro)
-    finally:
-        ro.chmod(0o755)
+    return ro
+
+
+def test_the_read_only_directory_is_read_only_for_us(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        (_read_only_directory(tmp_path) / "probe.txt").write_text("x")
+
+
+def test_demo_writes_only_its_outputs_from_a_read_only_directory(tmp_path: Path) -> None:
+    ro = _read_only_directory(tmp_path)
+    out = tmp_path / "out"
+    proc = _run([sys.executable, "-m", "ase_adapt.cli.main", "demo", "--md-steps", "200", "--parity-frames", "2",
+                 "--ttt-steps", "5", "--out", str(out), "--quiet"], cwd=ro)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list(ro.iterdir()) == []
     assert sorted(p.name for p in out.iterdir()) == [
         "hr.png", "md_adaptive.xyz", "md_base.xyz", "md_reference.xyz", "parity.png", "sgdml_prior.npz", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
@@ -65,8 +75,12 @@ def test_info_describes_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", "--model", str(tmp_path / "missing.safetensors")]) == 2
-    assert "no checkpoint file" in capsys.readouterr().err
-    assert main(["demo", "--molecule", "not-a-molecule", "--md-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint file" in err and err.count("\n") == 1 and "Traceback" not in err
+    # (it used to pass --md-steps 1, which failed on the sGDML prior's step count, never reaching the molecule)
+    assert main(["demo", "--molecule", "not-a-molecule", "--prior", "gfn-ff", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ase-adapt demo: error:") and "not-a-molecule" in err and err.count("\n") == 1
 
 
 def test_every_subcommand_has_complete_help() -> None:

@@ -18,7 +18,7 @@ from ase.calculators.calculator import CalculationFailed
 
 from ..adapt.topology import covalent_bonds
 
-__all__ = ["MDResult", "reference_bonds", "run_nvt", "distance_histogram", "hr_mae"]
+__all__ = ["MDResult", "reference_bonds", "run_nvt", "nve_energies", "distance_histogram", "hr_mae"]
 
 
 @dataclass
@@ -131,3 +131,33 @@ def distance_histogram(positions: np.ndarray, r_max: float = 6.0, bins: int = 12
 def hr_mae(h: np.ndarray, h_ref: np.ndarray) -> float:
     """Mean absolute difference of two h(r) on the same bins."""
     return float(np.mean(np.abs(np.asarray(h) - np.asarray(h_ref))))
+
+
+def nve_energies(atoms: Atoms, calc, steps: int, *, timestep_fs: float = 0.5, temperature_K: float = 300.0,
+                 seed: int = 0, relax_fmax: float | None = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """(total energy, temperature) at every step of an NVE run (VelocityVerlet), for energy conservation.
+
+    ``atoms`` is changed in place: relaxed with BFGS to ``relax_fmax`` (None: not relaxed), given
+    Maxwell-Boltzmann velocities at ``temperature_K`` without net momentum or rotation, then run.
+    The arrays have ``steps + 1`` entries (the start included).
+    """
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+    from ase.optimize import BFGS
+
+    atoms.calc = calc
+    if relax_fmax is not None:
+        BFGS(atoms, logfile=None).run(fmax=relax_fmax, steps=200)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    energies, temperatures = [atoms.get_total_energy()], [atoms.get_temperature()]
+
+    def record() -> None:
+        energies.append(atoms.get_total_energy())
+        temperatures.append(atoms.get_temperature())
+
+    dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
+    dyn.attach(record, interval=1)
+    dyn.run(steps)
+    return np.array(energies), np.array(temperatures)

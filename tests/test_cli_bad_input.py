@@ -1,0 +1,128 @@
+"""The CLI and bad input: one line on stderr and a non-zero exit, before any expensive work, and
+never a silent wrong result (bad-input review; each test fails on the code before the fix)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ase_adapt.cli.main import main
+from ase_adapt.train.data import write_frames
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"ase-adapt {command}: error:"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def checkpoint(make_model, tmp_path: Path) -> Path:
+    return make_model().save(tmp_path / "model.safetensors")
+
+
+@pytest.fixture
+def unlabelled_for_prior(tmp_path: Path) -> Path:
+    """Frames with reference labels only: no prior labels."""
+    frames = []
+    for k in range(4):
+        a = molecule("CH3OH")
+        a.positions += np.random.default_rng(k).normal(0, 0.03, a.positions.shape)
+        b = a.copy()
+        b.calc = EMT()
+        a.calc = SinglePointCalculator(a, energy=b.get_potential_energy(), forces=b.get_forces())
+        frames.append(a)
+    return write_frames(tmp_path / "frames.xyz", frames)
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--md-steps", "-5"], "--md-steps"),
+    (["--parity-frames", "0"], "--parity-frames"),
+    (["--temperature", "-300"], "--temperature"),
+])
+def test_demo_refuses_bad_numbers(args, what, capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "out"), *args]) == 2
+    assert what in _one_line_error(capsys, "demo")
+
+
+def test_demo_refuses_an_empty_molecule_file(tmp_path, capsys):
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    assert main(["demo", "--molecule", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "holds no frames" in _one_line_error(capsys, "demo")
+
+
+def _below_a_file(tmp_path: Path, name: str) -> Path:
+    """An output path no one can write, root included: its parent is a regular file."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    return blocker / name
+
+
+@pytest.mark.parametrize("command, extra, name", [
+    ("stats", ["--data", "DATA", "--json"], "stats.json"),
+    ("stats", ["--data", "DATA", "--out"], "model.safetensors"),
+    ("info", ["--json"], "info.json"),
+    ("evaluate", ["--data", "DATA", "--json"], "result.json"),
+    ("train", ["--data", "DATA", "--arch", "model-tiny", "--out"], "run"),
+])
+def test_unwritable_outputs_fail_before_any_work(command, extra, name, checkpoint, unlabelled_for_prior,
+                                                 tmp_path, capsys, monkeypatch):
+    import ase_adapt.cli.main as cli
+
+    monkeypatch.setattr(cli.COMMANDS[command], "run", lambda settings: pytest.fail("the work started"))
+    args = [command] + (["--model", str(checkpoint)] if command != "train" else [])
+    args += [str(unlabelled_for_prior) if x == "DATA" else x for x in extra]
+    args.append(str(_below_a_file(tmp_path, name)))
+    assert main(args) == 2
+    assert "cannot write" in _one_line_error(capsys, command)
+
+
+def test_ctrl_c_ends_in_one_line(monkeypatch, capsys, unlabelled_for_prior, tmp_path):
+    import ase_adapt.cli.main as cli
+
+    def interrupted(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.COMMANDS["label"], "run", interrupted)
+    code = main(["label", str(unlabelled_for_prior), "--prior", "lj", "--out", str(tmp_path / "out.xyz")])
+    err = capsys.readouterr().err
+    assert code == 130 and err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+
+
+def test_stats_out_refuses_frames_without_prior_labels(checkpoint, unlabelled_for_prior, capsys):
+    before = checkpoint.read_bytes()
+    assert main(["stats", "--model", str(checkpoint), "--data", str(unlabelled_for_prior),
+                 "--out", str(checkpoint), "--quiet"]) == 2
+    assert "would lose their prior losses" in _one_line_error(capsys, "stats")
+    assert checkpoint.read_bytes() == before  # the TTT reference point was not wiped
+
+
+def test_evaluate_says_why_it_did_not_adapt(make_model, tmp_path, capsys):
+    """GFN-FF cannot run on a periodic cell: the result says so, instead of a bare ttt=null."""
+    model = make_model(heads=("main", "prior:gfn-ff"))
+    ckpt = model.save(tmp_path / "m.safetensors")
+    cell = molecule("H2O", vacuum=3.0)
+    cell.pbc = True
+    frames = []
+    for k in range(3):
+        a = cell.copy()
+        a.positions += np.random.default_rng(k).normal(0, 0.02, a.positions.shape)
+        a.calc = SinglePointCalculator(a, energy=-1.0 * k, forces=np.zeros((3, 3)))
+        frames.append(a)
+    data = write_frames(tmp_path / "cell.xyz", frames)
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "--prior", "gfn-ff", "--ttt",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ttt"] is None
+    assert result["adaptation"]["kind"] == "prior_failed" and "periodic" in result["adaptation"]["prior_error"]
+    captured = capsys.readouterr()
+    assert "adaptation: prior_failed" in captured.out and "the prior failed" in captured.err
