@@ -162,3 +162,28 @@ def test_the_model_warns_once_that_it_takes_no_charge(model32):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         atoms.get_potential_energy()  # the same system again: said once
+
+
+# ------------------------------------------------------------------ TTT's inputs
+def test_ttt_checks_its_inputs_before_any_step(ready):
+    from ase_adapt.adapt.samples import make_samples
+    from ase_adapt.adapt.ttt import test_time_train
+    from ase_adapt.errors import PriorError
+
+    atoms = molecule("CH3CH2OH")
+    s = TTTSettings(max_steps=5, md_steps=0, guard=None)
+    samples, labels = make_samples(atoms, s.sample_settings(), toy_prior())
+    model = copy.deepcopy(ready)
+    before = [p.detach().clone() for p in model.parameters()]
+    bad = [dict(lab) for lab in labels]
+    bad[2]["forces"] = bad[2]["forces"].copy()
+    bad[2]["forces"][0, 0] = np.nan
+    with pytest.raises(PriorError, match="sample 2"):
+        test_time_train(model, atoms, toy_prior(), s, head="prior", samples=samples, labels=bad)
+    with pytest.raises(ValueError, match="one label per sample"):
+        test_time_train(model, atoms, toy_prior(), s, head="prior", samples=samples, labels=labels[:-1])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite weights"):
+        test_time_train(model, atoms, toy_prior(), s, head="prior", samples=samples, labels=labels)

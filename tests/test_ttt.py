@@ -226,3 +226,40 @@ def test_md_stops_when_the_prior_breaks_the_molecule():
     s = TTTSettings(n_rattled=0, md_steps=200, md_stride=5, md_temperature=300.0).sample_settings()
     samples, _ = make_samples(molecule("H2O"), s, repulsive)
     assert 1 <= len(samples) < 41
+
+
+def test_a_loss_that_turns_nan_rolls_back_to_the_start(ready, system, monkeypatch):
+    """Checklist 12: TTT that produces NaN keeps nothing of the steps before it."""
+    import ase_adapt.adapt.ttt as ttt_module
+    from ase_adapt.losses import model_loss
+
+    calls = {"n": 0}
+
+    def turning_nan(*args, **kwargs):
+        out = model_loss(*args, **kwargs)
+        calls["n"] += 1
+        if kwargs.get("create_graph") and calls["n"] > 6:  # a few good steps, then NaN
+            return (out[0] * float("nan"),) + tuple(out[1:])
+        return out
+
+    model = copy.deepcopy(ready)
+    before = _clone(model.parameters())
+    monkeypatch.setattr(ttt_module, "model_loss", turning_nan)
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=50, eval_every=100, **NO_GUARD),
+                        head="prior")
+    assert r.steps > 0 and "non-finite" in r.stop_reason and r.rolled_back
+    assert _same(model.parameters(), before)
+
+
+def test_a_prior_loss_that_is_not_finite_before_ttt_is_refused(ready, system, monkeypatch):
+    import ase_adapt.adapt.ttt as ttt_module
+    from ase_adapt.errors import PriorError
+    from ase_adapt.losses import model_loss
+
+    monkeypatch.setattr(ttt_module, "model_loss",
+                        lambda *a, **k: (model_loss(*a, **k)[0] * float("inf"),) + tuple(model_loss(*a, **k)[1:]))
+    model = copy.deepcopy(ready)
+    before = _clone(model.parameters())
+    with pytest.raises(PriorError, match="not finite before TTT"):
+        test_time_train(model, system, toy_prior(), TTTSettings(max_steps=5, **NO_GUARD), head="prior")
+    assert _same(model.parameters(), before)

@@ -194,6 +194,7 @@ def test_time_train(
     if samples is None:
         samples, labels = make_samples(atoms, s.sample_settings(), prior)
     samples, labels = list(samples), list(labels)
+    _check_inputs(model, samples, labels)
     t_prior = time.perf_counter() - t0
     weights = ttt_loss_weights(model, s)
     rng = np.random.default_rng(s.seed)
@@ -283,6 +284,19 @@ def _descend(model, params, batches: _Batches, fit_idx: list[int], held_out, bef
     finally:
         opt.zero_grad(set_to_none=True)
     return steps, reason, best_loss, best_params
+
+
+def _check_inputs(model, samples: list[Atoms], labels: list[dict[str, Any]]) -> None:
+    """Before any step: one finite label per sample, of the right shape, and finite weights."""
+    if not samples or len(samples) != len(labels):
+        raise ValueError(f"TTT needs one label per sample, got {len(samples)} samples and {len(labels)} labels")
+    for k, (a, lab) in enumerate(zip(samples, labels)):
+        forces = np.asarray(lab.get(K.LABEL_FORCES))
+        if forces.shape != (len(a), 3) or not np.isfinite(forces).all() \
+                or not math.isfinite(float(lab.get(K.LABEL_ENERGY, math.nan))):
+            raise PriorError(f"TTT sample {k}: the prior's labels are missing, malformed or not finite; not adapting")
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError("the model holds non-finite weights; TTT would only spread them")
 
 
 def _load(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:

@@ -214,6 +214,7 @@ def run(settings: DemoSettings) -> dict:
     summary = {
         "settings": asdict(s), "molecule": atoms.get_chemical_formula(), "atoms": len(atoms),
         "shift": report.to_dict(), "check_seconds": check_s, "ttt": ttt.to_dict() if ttt else None,
+        "adaptation": {k: adaptive.events[-1].get(k) for k in ("kind", "action", "prior_error")},
         "force_mae_mev_per_A": mae, "force_mae_change": change, "hr_mae": hr_err,
         "md": {name: r.summary() for name, r in md.items()}, "plots": plots,
         "trajectories": [str(out / f"md_{name}.xyz") for name, _ in runs],
