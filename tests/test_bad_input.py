@@ -187,3 +187,21 @@ def test_ttt_checks_its_inputs_before_any_step(ready):
         next(model.parameters())[0].fill_(float("nan"))
     with pytest.raises(ValueError, match="non-finite weights"):
         test_time_train(model, atoms, toy_prior(), s, head="prior", samples=samples, labels=labels)
+
+
+# ------------------------------------------------------------------ outputs from the Python API
+def test_training_and_labelling_refuse_an_unwritable_output_before_any_work(tmp_path):
+    from ase_adapt.priors import make_prior
+    from ase_adapt.testing import toy_frames
+    from ase_adapt.train import OptimSettings, TrainSettings, train_model
+    from ase_adapt.train.label import label_frames
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+
+    with pytest.raises(ValueError, match="cannot write"):
+        label_frames(toy_frames(3, seed=0), make_prior("lj"), blocker / "out.xyz", progress=False)
+    model = ase_adapt.build_model(elements=("H", "C", "O"), channels=4, num_layers=1, l_max=1)
+    s = TrainSettings(mode="joint", optim=OptimSettings(epochs=1, batch_size=4, progress=False))
+    with pytest.raises(ValueError, match="cannot write"):
+        train_model(model, toy_frames(8, seed=0), s, blocker / "run")

@@ -31,6 +31,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
+from .._io import check_writable
 from ..errors import DataError
 from .data import DataWarning, _file_format, _labels_in_info, frames_to_extxyz, read_frames, write_frames
 
@@ -100,6 +101,7 @@ def label_frames(
     """
     out_path = Path(out_path)
     on_error, implemented = _check_label_args(out_path, calculator, prefix, stress, on_error, flush_every)
+    check_writable(out_path)  # before the first frame is labelled
 
     frames, source = _input_frames(frames_or_path)
     n = len(frames)

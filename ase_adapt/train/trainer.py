@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .._io import atomic_write, write_json
+from .._io import atomic_write, check_writable, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
 from ..losses import head_loss
@@ -190,7 +190,7 @@ class Trainer:
         """Train; with ``resume`` continue from ``out_dir/state.pt`` when it exists."""
         from tqdm.auto import tqdm
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out_dir, directory=True)  # a read-only place fails now, not after an epoch
         state = self._read_state() if resume else None
         if state is None and self._state_path().exists():
             raise FileExistsError(
