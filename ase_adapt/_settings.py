@@ -17,7 +17,8 @@ import yaml
 PRESETS = Path(__file__).parent / "presets"
 T = TypeVar("T")
 
-__all__ = ["settings_from_dict", "settings_to_dict", "load_settings", "preset_path", "check_types"]
+__all__ = ["settings_from_dict", "settings_to_dict", "load_settings", "load_yaml_mapping", "preset_path",
+           "check_types"]
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -93,18 +94,21 @@ def settings_to_dict(settings: Any) -> dict[str, Any]:
     return plain(settings)
 
 
+def load_yaml_mapping(source: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file or packaged preset; anything else is a clear ValueError."""
+    path = preset_path(source)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    return dict(loaded or {})
+
+
 def load_settings(cls: type[T], source: str | Path | None = None, **overrides: Any) -> T:
     """Settings from a YAML file or packaged preset, with ``overrides`` (nested dicts merge)."""
-    data: dict[str, Any] = {}
-    if source is not None:
-        path = preset_path(source)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        data = loaded or {}
+    data: dict[str, Any] = load_yaml_mapping(source) if source is not None else {}
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}

@@ -1,5 +1,9 @@
-"""Workflows built on the calculators: molecular dynamics with stability and h(r) (more to come)."""
+"""Workflows built on the calculators: molecular dynamics (``run_md``, the ``ase-adapt md`` command,
+with restart files and a stability monitor) and the MD helpers of the benchmarks (NVT with
+stability and h(r), NVE energy conservation)."""
 
+from .dynamics import Ensemble, MDSettings, run_md
 from .md import MDResult, distance_histogram, hr_mae, nve_energies, reference_bonds, run_nvt
 
-__all__ = ["MDResult", "run_nvt", "nve_energies", "reference_bonds", "distance_histogram", "hr_mae"]
+__all__ = ["Ensemble", "MDSettings", "run_md", "MDResult", "run_nvt", "nve_energies", "reference_bonds",
+           "distance_histogram", "hr_mae"]
