@@ -1,9 +1,10 @@
 """Workflows built on the calculators: molecular dynamics (``run_md``, the ``ase-adapt md`` command,
-with restart files and a stability monitor) and the MD helpers of the benchmarks (NVT with
+with restart files and a stability monitor), relaxation (``run_relax``, ``ase-adapt relax``) and the MD helpers of the benchmarks (NVT with
 stability and h(r), NVE energy conservation)."""
 
 from .dynamics import Ensemble, MDSettings, run_md
 from .md import MDResult, distance_histogram, hr_mae, nve_energies, reference_bonds, run_nvt
+from .relax import Optimizer, RelaxSettings, run_relax
 
-__all__ = ["Ensemble", "MDSettings", "run_md", "MDResult", "run_nvt", "nve_energies", "reference_bonds",
+__all__ = ["Ensemble", "MDSettings", "run_md", "Optimizer", "RelaxSettings", "run_relax", "MDResult", "run_nvt", "nve_energies", "reference_bonds",
            "distance_histogram", "hr_mae"]
