@@ -1,0 +1,73 @@
+"""``ase-adapt neb``: the minimum-energy path and barrier between two structures.
+
+INITIAL and FINAL are extxyz (or .db) files of the same atoms in the same order (their last
+frames are used). The endpoints are relaxed, the path interpolated (IDPP) and optimised with a
+climbing image. Each image gets its own calculator (with --prior, its own AdaptiveCalculator;
+docs/workflows.md says why). Outputs go to --out: initial_path.extxyz, neb.extxyz, neb.log,
+profile.png and summary.json with the forward and backward barriers.
+
+examples:
+  ase-adapt neb start.xyz end.xyz --images 7 --fmax 0.05 --out neb1
+  ase-adapt neb start.xyz end.xyz --prior gfn-ff --no-climb --out neb2
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from ..workflows.neb import NEBSettings
+from ._common import PRIOR_HELP, add_quiet
+
+
+@dataclass(frozen=True)
+class NEBCommand:
+    initial: str
+    final: str
+    model: str = "default"
+    prior: str | None = None
+    out: str = "neb-output"
+    neb: NEBSettings = field(default_factory=NEBSettings)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("neb", help="nudged elastic band: minimum-energy path and barrier",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = NEBSettings()
+    p.add_argument("initial", help="extxyz or .db file of the initial state")
+    p.add_argument("final", help="extxyz or .db file of the final state (same atoms, same order)")
+    p.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
+    p.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
+    p.add_argument("--out", default="neb-output", help="output folder (default neb-output)")
+    p.add_argument("--images", type=int, default=d.n_images, help=f"intermediate images (default {d.n_images})")
+    p.add_argument("--fmax", type=float, default=d.fmax, help=f"eV/Å (default {d.fmax:g})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"maximum optimiser steps (default {d.steps})")
+    p.add_argument("--no-climb", action="store_true", help="no climbing image")
+    p.add_argument("--no-relax-endpoints", action="store_true", help="use the endpoints as given")
+    add_quiet(p)
+
+
+def settings_from_args(args: argparse.Namespace) -> NEBCommand:
+    neb = NEBSettings(n_images=args.images, fmax=args.fmax, steps=args.steps, climb=not args.no_climb,
+                      relax_endpoints=not args.no_relax_endpoints, progress=args.progress is not False)
+    return NEBCommand(initial=args.initial, final=args.final, model=args.model, prior=args.prior, out=args.out, neb=neb)
+
+
+def run(settings: NEBCommand) -> dict:
+    from .. import AdaptiveCalculator, MLFFCalculator, load_model
+    from ..train.data import read_frames
+    from ..workflows.neb import run_neb
+
+    initial, final = read_frames(settings.initial, -1)[0], read_frames(settings.final, -1)[0]
+    model = load_model(settings.model)  # loaded once; each image's calculator takes it (adaptive: a copy)
+    if settings.prior:
+        def calculator():
+            return AdaptiveCalculator(model, settings.prior)
+    else:
+        def calculator():
+            return MLFFCalculator(model)
+    summary = run_neb(initial, final, calculator, settings.neb, settings.out)
+    state = "converged" if summary["converged"] else "NOT converged"
+    print(f"NEB {state} in {summary['steps']} steps: barrier {summary['barrier_forward_eV']:.3f} eV forward, "
+          f"{summary['barrier_backward_eV']:.3f} eV backward; outputs in {settings.out}")
+    return summary
