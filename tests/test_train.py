@@ -135,6 +135,20 @@ def test_resume_refuses_other_settings(frames, make_model, tmp_path):
     train_model(make_model(), frames, _settings("joint", epochs=1), tmp_path)
     with pytest.raises(CheckpointError, match="different settings"):
         train_model(make_model(), frames, _settings("joint", epochs=2), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="different data"):
+        train_model(make_model(), frames[:-1], _settings("joint", epochs=1), tmp_path, resume=True)
+
+
+def test_resume_may_change_progress_bars_and_device(frames, make_model, tmp_path):
+    """How visibly and where a run computes is not what it computes: a --quiet run resumes loud."""
+    import dataclasses
+
+    quiet = _settings("joint", epochs=2)
+    train_model(make_model(), frames, dataclasses.replace(quiet, optim=dataclasses.replace(quiet.optim, epochs=1)),
+                tmp_path)
+    loud = dataclasses.replace(quiet, optim=dataclasses.replace(quiet.optim, epochs=1, progress=True))
+    result = train_model(make_model(), frames, loud, tmp_path, resume=True)
+    assert len(result.history) == 1
 
 
 def test_settings_yaml_roundtrip_and_errors(tmp_path):

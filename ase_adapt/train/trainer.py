@@ -15,6 +15,7 @@ Frozen parameters are never handed to the optimizer, so they stay bit-identical.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -58,6 +59,21 @@ class TrainResult:
     last_path: Path
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+
+
+# Where and how visibly a run computes does not change what it computes: a resume may differ in these.
+_RUN_ONLY = ("progress", "device")
+
+
+def _comparable(record: dict | None) -> dict | None:
+    """``record`` without the settings a resumed run may change (progress bars, the device)."""
+    if not isinstance(record, dict):
+        return record
+    out = copy.deepcopy(record)
+    for part in (out.get("settings") or {}, (out.get("settings") or {}).get("optim") or {}):
+        for key in _RUN_ONLY:
+            part.pop(key, None)
+    return out
 
 
 def _rows_to_csv(rows: list[dict]) -> str:
@@ -173,10 +189,12 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{path}: unreadable training state ({type(exc).__name__}: {exc})") from None
-        if state.get("record") != self.record:
+        old, new = _comparable(state.get("record")), _comparable(self.record)
+        if old != new:
+            differ = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
             raise CheckpointError(
-                f"{path}: was written by a run with different settings or data; use a new output "
-                "directory or delete it to start over"
+                f"{path}: was written by a run with different {', '.join(differ) or 'settings'}; use the same "
+                "settings and data, a new output directory, or delete it to start over"
             )
         return state
 
