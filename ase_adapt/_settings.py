@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import numbers
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 
 PRESETS = Path(__file__).parent / "presets"
@@ -132,11 +134,15 @@ def _accepts(tp: Any, value: Any) -> tuple[bool, Any]:
         return value is None, value
     if not isinstance(tp, type) or origin is not None:
         return True, value  # containers, Any, callables: checked by the class itself
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float:  # numpy scalars are numbers.Real too; stored as Python floats
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         return ok, float(value) if ok else value
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        return ok, int(value) if ok else value
+    if tp is bool:
+        ok = isinstance(value, (bool, np.bool_))
+        return ok, bool(value) if ok else value
     if issubclass(tp, enum.Enum):
         try:
             return True, tp(value)

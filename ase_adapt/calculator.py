@@ -114,7 +114,7 @@ class MLFFCalculator(Calculator):
         self.min_distance = float(min_distance)
         self.species_mapping: SpeciesMapping | None = None
         self._token: tuple | None = None
-        self._warned_electrons: set[tuple[int, int | None]] = set()
+        self._warned_electrons: set = set()
 
     def _take_model(self, model: MLFF, device: torch.device | None, dtype: torch.dtype | None,
                     owned: bool) -> MLFF:
@@ -186,8 +186,11 @@ class MLFFCalculator(Calculator):
         """The model has no charge or spin input: say so (once per system) when the atoms carry one."""
         try:
             electrons = charge_and_spin(atoms)
-        except ValueError as exc:
-            raise CalculationFailed(str(exc)) from None
+        except ValueError as exc:  # the model does not use them; a prior that does will refuse
+            if "malformed" not in self._warned_electrons:
+                self._warned_electrons.add("malformed")
+                warnings.warn(f"{exc}; the model ignores it", stacklevel=4)
+            return
         charge, spin = electrons
         if (charge != 0 or (spin or 1) != 1) and electrons not in self._warned_electrons:
             self._warned_electrons.add(electrons)

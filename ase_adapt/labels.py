@@ -161,6 +161,7 @@ def charge_and_spin(atoms: Atoms) -> tuple[int, int | None]:
     if isinstance(charge, bool) or not isinstance(charge, (int, float, np.integer, np.floating)) \
             or not float(charge).is_integer():
         raise ValueError(f"atoms.info['charge'] must be an integer total charge, got {charge!r}")
-    if spin is not None and (isinstance(spin, bool) or not isinstance(spin, (int, np.integer)) or spin < 1):
+    if spin is not None and (isinstance(spin, bool) or not isinstance(spin, (int, float, np.integer, np.floating))
+                             or not float(spin).is_integer() or spin < 1):
         raise ValueError(f"atoms.info['spin'] must be the spin multiplicity 2S+1 (an integer >= 1), got {spin!r}")
     return int(charge), None if spin is None else int(spin)

@@ -205,3 +205,44 @@ def test_training_and_labelling_refuse_an_unwritable_output_before_any_work(tmp_
     s = TrainSettings(mode="joint", optim=OptimSettings(epochs=1, batch_size=4, progress=False))
     with pytest.raises(ValueError, match="cannot write"):
         train_model(model, toy_frames(8, seed=0), s, blocker / "run")
+
+
+def test_charge_reaches_the_prior_in_the_adaptation_samples():
+    """The samples TTT and the force-norm detector label carry the system's charge to the prior."""
+    from ase_adapt.adapt.samples import SampleSettings, label_samples, make_samples
+    from ase_adapt.errors import PriorError
+    from ase_adapt.priors import make_prior
+
+    cation = molecule("CH4")
+    cation.info["charge"] = 1
+    with pytest.raises(PriorError, match="cannot model a charged"):
+        label_samples([cation], make_prior("lj"))
+    with pytest.raises(PriorError, match="cannot model a charged"):
+        make_samples(cation, SampleSettings(n_rattled=2, md_steps=0), make_prior("lj"))
+    gfn2 = make_prior("gfn2-xtb")
+    cation.info["spin"] = 2
+    neutral = molecule("CH4")
+    assert abs(label_samples([cation], gfn2)[0]["energy"] - label_samples([neutral], gfn2)[0]["energy"]) > 1.0
+
+
+def test_integral_float_spin_from_extxyz_is_accepted_and_a_bad_one_only_warns_in_the_model(model32):
+    from ase_adapt.labels import charge_and_spin
+
+    atoms = molecule("H2O")
+    atoms.info.update(charge=np.float64(0.0), spin=np.float64(1.0))  # what extxyz gives back
+    assert charge_and_spin(atoms) == (0, 1)
+    atoms.calc = MLFFCalculator(model32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(atoms.get_potential_energy())  # neutral singlet: no warning
+    atoms.info["spin"] = 0
+    with pytest.warns(UserWarning, match="multiplicity"):
+        atoms.get_potential_energy()
+
+
+def test_settings_accept_numpy_scalars():
+    from ase_adapt.workflows import MDSettings
+
+    s = TTTSettings(max_steps=np.int64(10), lr=np.float32(0.01))
+    assert type(s.max_steps) is int and type(s.lr) is float
+    assert MDSettings(progress=np.bool_(False)).progress is False

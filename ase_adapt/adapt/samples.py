@@ -51,7 +51,9 @@ class SampleSettings:
 
 
 def _bare(atoms: Atoms) -> Atoms:
-    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    """The system without calculator or constraints; its charge and spin go with it to the prior."""
+    info = {k: atoms.info[k] for k in ("charge", "spin") if k in atoms.info}
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=info)
 
 
 def _checked(prior: Any, e: float, f: np.ndarray, what: str) -> dict[str, Any]:

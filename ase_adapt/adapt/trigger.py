@@ -31,6 +31,15 @@ class TriggerSettings:
     # new topology (without it, thermal flicker re-triggered checks and TTT every few MD steps).
     every_n_steps: int | None = None
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 0 < self.topology_threshold <= 1:
+            raise ValueError(f"topology_threshold must be in (0, 1], got {self.topology_threshold}")
+        if not 0 < self.bond_factor <= self.break_factor:
+            raise ValueError(f"need 0 < bond_factor <= break_factor, got {self.bond_factor}, {self.break_factor}")
+        if self.every_n_steps is not None and self.every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or None, got {self.every_n_steps}")
+
 
 def system_fingerprint(atoms: Atoms, bonds: np.ndarray) -> str:
     """Numbers + covalent bond graph + pbc + charge and spin: 'the same system' for the cache."""

@@ -291,9 +291,9 @@ def _check_inputs(model, samples: list[Atoms], labels: list[dict[str, Any]]) -> 
     if not samples or len(samples) != len(labels):
         raise ValueError(f"TTT needs one label per sample, got {len(samples)} samples and {len(labels)} labels")
     for k, (a, lab) in enumerate(zip(samples, labels)):
-        forces = np.asarray(lab.get(K.LABEL_FORCES))
+        forces, energy = np.asarray(lab.get(K.LABEL_FORCES)), lab.get(K.LABEL_ENERGY)
         if forces.shape != (len(a), 3) or not np.isfinite(forces).all() \
-                or not math.isfinite(float(lab.get(K.LABEL_ENERGY, math.nan))):
+                or (energy is not None and not math.isfinite(float(energy))):  # forces-only labels are fine
             raise PriorError(f"TTT sample {k}: the prior's labels are missing, malformed or not finite; not adapting")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise ValueError("the model holds non-finite weights; TTT would only spread them")

@@ -2,8 +2,8 @@
 
 INITIAL and FINAL are extxyz (or .db) files of the same atoms in the same order (their last
 frames are used). The endpoints are relaxed, the path interpolated (IDPP) and optimised with a
-climbing image. Each image gets its own calculator (with --prior, its own AdaptiveCalculator;
-docs/workflows.md says why). Outputs go to --out: initial_path.extxyz, neb.extxyz, neb.log,
+climbing image. With --prior the model is adapted once, on the initial state, and every image
+uses that adapted model frozen, so that all images share one potential (docs/workflows.md). Outputs go to --out: initial_path.extxyz, neb.extxyz, neb.log,
 profile.png and summary.json with the forward and backward barriers.
 
 examples:
@@ -59,13 +59,17 @@ def run(settings: NEBCommand) -> dict:
     from ..workflows.neb import run_neb
 
     initial, final = read_frames(settings.initial, -1)[0], read_frames(settings.final, -1)[0]
-    model = load_model(settings.model)  # loaded once; each image's calculator takes it (adaptive: a copy)
-    if settings.prior:
-        def calculator():
-            return AdaptiveCalculator(model, settings.prior)
-    else:
-        def calculator():
-            return MLFFCalculator(model)
+    model = load_model(settings.model)
+    if settings.prior:  # adapt once, on the initial state; every image then sees that one potential
+        adaptive = AdaptiveCalculator(model, settings.prior)
+        report = adaptive.check(initial)
+        event = adaptive.events[-1]
+        print(f"adaptation on the initial state: {event['kind']} ({event['action']}); shifted: {report.shifted}")
+        model = adaptive.adapted_model()
+
+    def calculator():  # one per image, all on the same (frozen) model
+        return MLFFCalculator(model)
+
     summary = run_neb(initial, final, calculator, settings.neb, settings.out)
     state = "converged" if summary["converged"] else "NOT converged"
     print(f"NEB {state} in {summary['steps']} steps: barrier {summary['barrier_forward_eV']:.3f} eV forward, "

@@ -201,9 +201,10 @@ class Prior(Calculator):
         work = atoms.copy()
         if self.electronic and ("charge" in atoms.info or "spin" in atoms.info):
             charge, spin = charge_and_spin(atoms)
-            q = np.zeros(len(work))
-            q[0] = charge
-            work.set_initial_charges(q)
+            if "charge" in atoms.info:  # otherwise the user's initial charges stay
+                q = np.zeros(len(work))
+                q[0] = charge
+                work.set_initial_charges(q)
             if spin is not None:
                 m = np.zeros(len(work))
                 m[0] = spin - 1  # unpaired electrons

@@ -36,15 +36,24 @@ def _accepted() -> str:
     return ", ".join(PRIOR_SPECS) + ", or an ASE Calculator instance"
 
 
+# ASE calculators known to take a total charge and spin (as initial charges and magnetic moments)
+ELECTRONIC_CALCULATORS = ("TBLite", "XTB")
+
+
 def wrap_calculator(calc: Calculator, *, kind: str | None = None, threads: int | None = None,
-                    reuse_setup: bool = False) -> Prior:
+                    reuse_setup: bool = False, electronic: bool | None = None) -> Prior:
     """Any ASE calculator as a :class:`Prior` (kind: its class name, lower-cased).
 
-    The result implements stress when ``calc`` does.
+    The result implements stress when ``calc`` does. ``electronic``: the calculator takes
+    ``atoms.info`` charge and spin (as ASE initial charges and moments); default True for
+    tblite's and xtb-python's calculators, False otherwise (a charged system is then refused).
     """
     cls = StressPrior if "stress" in getattr(calc, "implemented_properties", ()) else Prior
     name = type(calc).__name__
-    return cls(calc, kind or name.lower(), f"calculator:{name}", threads=threads, reuse_setup=reuse_setup)
+    if electronic is None:
+        electronic = name in ELECTRONIC_CALCULATORS
+    return cls(calc, kind or name.lower(), f"calculator:{name}", threads=threads, reuse_setup=reuse_setup,
+               electronic=electronic)
 
 
 def make_prior(spec: str | Calculator, **options: Any) -> Prior:

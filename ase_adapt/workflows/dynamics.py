@@ -112,7 +112,8 @@ class _Run:
         self.atoms = atoms.copy()
         self.atoms.calc = calc
         self.rng = np.random.default_rng(s.seed)
-        self.step, self.events_seen, self.failure = 0, 0, None
+        self.step, self.failure = 0, None
+        self.events_seen = len(getattr(calc, "events", None) or [])  # events of earlier runs are not this run's
         self.bonds, self.lengths = reference_bonds(atoms) if not atoms.pbc.any() else (np.zeros((0, 2), int), None)
         self.max_dev = 0.0
 
@@ -130,7 +131,11 @@ class _Run:
         self.step, self.max_dev = r["step"], r["max_bond_deviation"]
         self.bonds, self.lengths = np.array(r["bonds"], dtype=int).reshape(-1, 2), np.array(r["bond_lengths"])
         for name, size in r["file_sizes"].items():
-            with open(self.out / name, "r+b") as fh:
+            path = self.out / name
+            if not path.is_file() or path.stat().st_size < size:
+                raise ValueError(f"{path} is shorter than at the restart point (was it edited or lost?); "
+                                 "start a new run in a new --out")
+            with open(path, "r+b") as fh:
                 fh.truncate(size)  # what was written after the restart point is written again
 
     def checkpoint(self) -> None:

@@ -3,13 +3,15 @@
 Endpoints -> relaxed endpoints (optional) -> IDPP interpolation -> NEB with a climbing image
 (:mod:`ase.mep`), optimised with FIRE to ``fmax``.
 
-**One calculator per image.** Each image gets its own calculator from ``calculator()`` (a
-factory), so with :class:`~ase_adapt.AdaptiveCalculator` every image keeps its own adaptive state.
-Sharing one would not work: the images are different structures, often with different bond
-topologies near the saddle, so a shared calculator's trigger would see a "new system" at nearly
-every force call as NEB walks along the images, re-checking (and re-adapting) over and over, and
-its cache would hold one image's adaptation while another is evaluated. Each image's own
-calculator adapts once, when its structure first counts as new, like an MD run.
+**One potential for every image.** Each image gets its own calculator from ``calculator()`` (a
+factory; ASE's NEB wants one per image), and every image must see the same potential energy
+surface: a barrier subtracts energies of different images. So adaptation happens once, before the
+band: ``ase-adapt neb --prior`` adapts on the initial state and gives every image a plain
+calculator on that one adapted model (:meth:`~ase_adapt.AdaptiveCalculator.adapted_model`),
+frozen. An :class:`~ase_adapt.AdaptiveCalculator` per image would adapt each image on its own
+(different weights, and with TTT's free energy offset different energy zeros), and one shared
+adaptive calculator would re-check at nearly every force call as NEB walks along images of
+different bond topology.
 
 Outputs in ``out``: ``initial_path.extxyz`` (the interpolation), ``neb.extxyz`` (the final path),
 ``neb.log`` (step and fmax), ``profile.png`` (energy along the path) and ``summary.json``
@@ -58,13 +60,12 @@ def _extxyz(images: list[Atoms]) -> str:
     return buf.getvalue()
 
 
-def _relax(atoms: Atoms, calc, fmax: float) -> Atoms:
+def _relax(atoms: Atoms, calc, fmax: float) -> tuple[Atoms, bool]:
     from ase.optimize import BFGS
 
     a = atoms.copy()
     a.calc = calc
-    BFGS(a, logfile=None).run(fmax=fmax, steps=500)
-    return a
+    return a, bool(BFGS(a, logfile=None).run(fmax=fmax, steps=500))
 
 
 def run_neb(initial: Atoms, final: Atoms, calculator: Callable[[], Any], settings: NEBSettings | None = None,
@@ -75,14 +76,18 @@ def run_neb(initial: Atoms, final: Atoms, calculator: Callable[[], Any], setting
     """
     from ase.mep import NEB
     from ase.optimize import FIRE
+    from tqdm.auto import tqdm
 
     s = settings or NEBSettings()
     out = check_writable(out, directory=True)
     if len(initial) != len(final) or not np.array_equal(initial.numbers, final.numbers):
         raise ValueError("the NEB endpoints must hold the same atoms in the same order")
     t0 = time.perf_counter()
+    endpoints_converged = None
     if s.relax_endpoints:
-        initial, final = _relax(initial, calculator(), s.endpoint_fmax), _relax(final, calculator(), s.endpoint_fmax)
+        (initial, ok_i), (final, ok_f) = _relax(initial, calculator(), s.endpoint_fmax), \
+            _relax(final, calculator(), s.endpoint_fmax)
+        endpoints_converged = ok_i and ok_f
     images = [initial.copy()] + [initial.copy() for _ in range(s.n_images)] + [final.copy()]
     for image in images:
         image.calc = calculator()
@@ -94,8 +99,10 @@ def run_neb(initial: Atoms, final: Atoms, calculator: Callable[[], Any], setting
     opt = FIRE(neb, logfile=None)
     converged = False
     try:
-        for converged in opt.irun(fmax=s.fmax, steps=s.steps):
-            log.write(f"{opt.nsteps:>6d} {float(np.linalg.norm(neb.get_forces(), axis=1).max()):>12.5f}\n")
+        with tqdm(total=s.steps, unit="step", desc="NEB", disable=None if s.progress else True) as bar:
+            for converged in opt.irun(fmax=s.fmax, steps=s.steps):
+                log.write(f"{opt.nsteps:>6d} {float(np.linalg.norm(neb.get_forces(), axis=1).max()):>12.5f}\n")
+                bar.update(opt.nsteps - bar.n)
     finally:
         log.close()
     energies = np.array([image.get_potential_energy() for image in images])
@@ -104,6 +111,7 @@ def run_neb(initial: Atoms, final: Atoms, calculator: Callable[[], Any], setting
     atomic_write(out / "neb.extxyz", lambda p: p.write_text(text))
     plot = _profile(out, energies)
     summary = {"settings": asdict(s), "converged": bool(converged), "steps": opt.nsteps,
+               "endpoints_converged": endpoints_converged,
                "barrier_forward_eV": float(energies[top] - energies[0]),
                "barrier_backward_eV": float(energies[top] - energies[-1]),
                "reaction_energy_eV": float(energies[-1] - energies[0]),
@@ -115,19 +123,18 @@ def run_neb(initial: Atoms, final: Atoms, calculator: Callable[[], Any], setting
 
 def _profile(out: Path, energies: np.ndarray) -> list[str]:
     """The energy profile as a PNG (skipped, with an empty list, where matplotlib is missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own: no global backend switch inside a library call
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return []
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.plot(range(len(energies)), energies - energies[0], "o-")
     ax.set_xlabel("image")
     ax.set_ylabel("E - E(initial) / eV")
     ax.set_title(f"barrier {energies.max() - energies[0]:.3f} eV")
     fig.tight_layout()
     atomic_write(out / "profile.png", lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
     return [str(out / "profile.png")]
