@@ -71,3 +71,24 @@ def test_neb_cli_with_an_ase_adapt_model(make_model, tmp_path, capsys):
     assert len(summary["energies_eV"]) == 5 and np.isfinite(summary["barrier_forward_eV"])
     assert "NEB" in capsys.readouterr().out
     assert main(["neb", str(start), str(end), "--model", str(ckpt), "--images", "0", "--out", str(out)]) == 2
+
+
+def test_neb_cli_reads_a_yaml_config(make_model, tmp_path):
+    from ase.build import molecule
+
+    from ase_adapt.cli.main import main
+    from ase_adapt.train.data import write_frames
+
+    ckpt = make_model(dtype="float64").save(tmp_path / "m.safetensors")
+    a = molecule("CH3OH")
+    b = a.copy()
+    b.positions[5] += [0.3, 0.3, 0.0]
+    start, end = write_frames(tmp_path / "a.xyz", [a]), write_frames(tmp_path / "b.xyz", [b])
+    config = tmp_path / "neb.yaml"
+    config.write_text("images: 2\nsteps: 5\nrelax_endpoints: false\nclimb: false\n")
+    out = tmp_path / "out"
+    assert main(["neb", str(start), str(end), "--model", str(ckpt), "--config", str(config), "--out", str(out),
+                 "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["n_images"] == 2 and summary["settings"]["climb"] is False
+    assert len(summary["energies_eV"]) == 4

@@ -14,7 +14,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..workflows.neb import NEBSettings
 from ._common import PRIOR_HELP, add_quiet
@@ -39,17 +39,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
     p.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
     p.add_argument("--out", default="neb-output", help="output folder (default neb-output)")
-    p.add_argument("--images", type=int, default=d.n_images, help=f"intermediate images (default {d.n_images})")
-    p.add_argument("--fmax", type=float, default=d.fmax, help=f"eV/Å (default {d.fmax:g})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"maximum optimiser steps (default {d.steps})")
+    p.add_argument("--config", metavar="YAML", help="settings from a YAML file (keys: images, fmax, steps, climb, "
+                   "relax_endpoints, endpoint_fmax, spring); options override it")
+    p.add_argument("--images", type=int, help=f"intermediate images (default {d.n_images})")
+    p.add_argument("--fmax", type=float, help=f"eV/Å (default {d.fmax:g})")
+    p.add_argument("--steps", type=int, help=f"maximum optimiser steps (default {d.steps})")
     p.add_argument("--no-climb", action="store_true", help="no climbing image")
     p.add_argument("--no-relax-endpoints", action="store_true", help="use the endpoints as given")
     add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> NEBCommand:
-    neb = NEBSettings(n_images=args.images, fmax=args.fmax, steps=args.steps, climb=not args.no_climb,
-                      relax_endpoints=not args.no_relax_endpoints, progress=args.progress is not False)
+    values: dict = {}
+    if args.config:
+        from .._settings import load_yaml_mapping
+
+        valid = {f.name for f in fields(NEBSettings)}
+        for key, value in load_yaml_mapping(args.config).items():
+            key = {"images": "n_images"}.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+            if key not in valid:
+                raise ValueError(f"{args.config}: unknown neb setting {key!r}; valid: {sorted(valid)}")
+            values[key] = value
+    for option, name in (("images", "n_images"), ("fmax", "fmax"), ("steps", "steps")):
+        if getattr(args, option) is not None:
+            values[name] = getattr(args, option)
+    if args.no_climb:
+        values["climb"] = False
+    if args.no_relax_endpoints:
+        values["relax_endpoints"] = False
+    if args.progress is False:
+        values["progress"] = False
+    neb = NEBSettings(**values)
     return NEBCommand(initial=args.initial, final=args.final, model=args.model, prior=args.prior, out=args.out, neb=neb)
 
 
