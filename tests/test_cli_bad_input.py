@@ -126,3 +126,9 @@ def test_evaluate_says_why_it_did_not_adapt(make_model, tmp_path, capsys):
     assert result["adaptation"]["kind"] == "prior_failed" and "periodic" in result["adaptation"]["prior_error"]
     captured = capsys.readouterr()
     assert "adaptation: prior_failed" in captured.out and "the prior failed" in captured.err
+
+
+def test_json_dash_is_standard_output_only_for_info(checkpoint, unlabelled_for_prior, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["stats", "--model", str(checkpoint), "--data", str(unlabelled_for_prior), "--json", "-"]) == 2
+    assert "standard output" in _one_line_error(capsys, "stats") and not (tmp_path / "-").exists()

@@ -38,6 +38,8 @@ def check_outputs(command: str, settings: object) -> None:
     dirs = OUTPUT_DIRS.get(command, ())
     for name in ("out", *OUTPUT_FILES):
         value = getattr(settings, name, None)
+        if value == "-" and not (command == "info" and name == "json"):
+            raise ValueError(f"--{name} -: standard output is an output of `info --json` only; give a file path")
         if value and value != "-":
             check_writable(value, directory=name in dirs)
 
