@@ -77,3 +77,43 @@ QUIET_HELP = "no progress bars (the same in every command; results, warnings and
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """``--quiet``, with one meaning in every command: ``progress=False`` (None: not given)."""
     parser.add_argument("--quiet", dest="progress", action="store_false", default=None, help=QUIET_HELP)
+
+
+# ------------------------------------------------------------------ the workflow commands (md, relax, neb)
+def add_workflow_args(parser: argparse.ArgumentParser, default_out: str, unknown_elements: bool = True) -> None:
+    """--model, --prior, --out, --config (and --unknown-elements), the same in every workflow command."""
+    parser.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
+    parser.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
+    parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    parser.add_argument("--config", metavar="YAML", help="settings from a YAML file with the options' names as "
+                        "keys; options given on the command line override it")
+    if unknown_elements:
+        parser.add_argument("--unknown-elements", choices=["error", "nearest"], default="error",
+                            help="elements the model never saw: refuse (default) or map to the nearest known one")
+
+
+def config_values(path: str | None, cls: type, aliases: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings of ``cls`` in a YAML file (keys: option names, dashes or underscores, or field names)."""
+    if not path:
+        return {}
+    from dataclasses import fields
+
+    from .._settings import load_yaml_mapping
+
+    aliases, valid, values = aliases or {}, {f.name for f in fields(cls)}, {}
+    for key, value in load_yaml_mapping(path).items():
+        key = str(key).replace("-", "_")
+        name = aliases.get(key, key)
+        if name not in valid:
+            raise ValueError(f"{path}: unknown setting {key!r}; valid: {sorted(set(aliases) | valid)}")
+        values[name] = value
+    return values
+
+
+def workflow_calculator(model: Any, prior: str | None, unknown_elements: str = "error"):
+    """An AdaptiveCalculator with ``prior``, else a plain MLFFCalculator, on ``model``."""
+    from .. import AdaptiveCalculator, MLFFCalculator
+
+    if prior:
+        return AdaptiveCalculator(model, prior, unknown_elements=unknown_elements)
+    return MLFFCalculator(model, unknown_elements=unknown_elements)

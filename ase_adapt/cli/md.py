@@ -17,11 +17,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..workflows.dynamics import Ensemble, MDSettings
-from ._common import PRIOR_HELP, add_quiet
+from ._common import add_quiet, add_workflow_args, config_values, workflow_calculator
 
 # option -> MDSettings field (the YAML keys are the option names without dashes, or the field names)
 _OPTIONS = {"ensemble": "ensemble", "steps": "steps", "temperature": "temperature_K", "timestep": "timestep_fs",
@@ -45,10 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = MDSettings()
     p.add_argument("structure", help="extxyz or .db file; its last frame starts the run")
-    p.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
-    p.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
-    p.add_argument("--out", default="md-output", help="output folder (default md-output)")
-    p.add_argument("--config", metavar="YAML", help="settings from a YAML file; options override it")
+    add_workflow_args(p, "md-output")
     p.add_argument("--ensemble", choices=[e.value for e in Ensemble], help=f"default {d.ensemble.value}")
     p.add_argument("--steps", type=int, help=f"total steps (default {d.steps})")
     p.add_argument("--temperature", type=float, help=f"K (default {d.temperature_K:g})")
@@ -60,23 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, help=f"steps between log lines (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"steps between restart files (default {d.checkpoint_every})")
     p.add_argument("--minimize", type=float, metavar="FMAX", help="relax with BFGS to FMAX eV/Å before a fresh run")
-    p.add_argument("--unknown-elements", choices=["error", "nearest"], default="error",
-                   help="elements the model never saw: refuse (default) or map to the nearest known one")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its restart file")
     add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> MDCommand:
-    values: dict[str, Any] = {}
-    if args.config:
-        from .._settings import load_yaml_mapping
-
-        for key, value in load_yaml_mapping(args.config).items():
-            key = str(key).replace("-", "_")
-            name = _OPTIONS.get(key, key)
-            if name not in {f.name for f in fields(MDSettings)}:
-                raise ValueError(f"{args.config}: unknown md setting {key!r}; valid: {sorted(_OPTIONS)}")
-            values[name] = value
+    values = config_values(args.config, MDSettings, _OPTIONS)
     for option, name in _OPTIONS.items():
         given = getattr(args, option)
         if given is not None:
@@ -88,15 +73,11 @@ def settings_from_args(args: argparse.Namespace) -> MDCommand:
 
 
 def run(settings: MDCommand) -> dict:
-    from .. import AdaptiveCalculator, MLFFCalculator
     from ..train.data import read_frames
     from ..workflows.dynamics import run_md
 
     atoms = read_frames(settings.structure, -1)[0]
-    if settings.prior:
-        calc = AdaptiveCalculator(settings.model, settings.prior, unknown_elements=settings.unknown_elements)
-    else:
-        calc = MLFFCalculator(settings.model, unknown_elements=settings.unknown_elements)
+    calc = workflow_calculator(settings.model, settings.prior, settings.unknown_elements)
     summary = run_md(atoms, calc, settings.md, settings.out, resume=settings.resume)
     state = "completed" if summary["completed"] else f"stopped: {summary['stopped_because']}"
     print(f"MD {settings.md.ensemble.value}: {summary['steps_done']} steps, {state}, "

@@ -14,10 +14,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from ..workflows.neb import NEBSettings
-from ._common import PRIOR_HELP, add_quiet
+from ._common import add_quiet, add_workflow_args, config_values
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = NEBSettings()
     p.add_argument("initial", help="extxyz or .db file of the initial state")
     p.add_argument("final", help="extxyz or .db file of the final state (same atoms, same order)")
-    p.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
-    p.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
-    p.add_argument("--out", default="neb-output", help="output folder (default neb-output)")
-    p.add_argument("--config", metavar="YAML", help="settings from a YAML file (keys: images, fmax, steps, climb, "
-                   "relax_endpoints, endpoint_fmax, spring); options override it")
+    add_workflow_args(p, "neb-output", unknown_elements=False)
     p.add_argument("--images", type=int, help=f"intermediate images (default {d.n_images})")
     p.add_argument("--fmax", type=float, help=f"eV/Å (default {d.fmax:g})")
     p.add_argument("--steps", type=int, help=f"maximum optimiser steps (default {d.steps})")
@@ -50,16 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> NEBCommand:
-    values: dict = {}
-    if args.config:
-        from .._settings import load_yaml_mapping
-
-        valid = {f.name for f in fields(NEBSettings)}
-        for key, value in load_yaml_mapping(args.config).items():
-            key = {"images": "n_images"}.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-            if key not in valid:
-                raise ValueError(f"{args.config}: unknown neb setting {key!r}; valid: {sorted(valid)}")
-            values[key] = value
+    values = config_values(args.config, NEBSettings, {"images": "n_images"})
     for option, name in (("images", "n_images"), ("fmax", "fmax"), ("steps", "steps")):
         if getattr(args, option) is not None:
             values[name] = getattr(args, option)

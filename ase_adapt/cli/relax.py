@@ -12,11 +12,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..workflows.relax import CellMode, Optimizer, RelaxSettings
-from ._common import PRIOR_HELP, add_quiet
+from ._common import add_quiet, add_workflow_args, config_values, workflow_calculator
 
 _OPTIONS = ("optimizer", "fmax", "steps", "cell", "traj_every")
 
@@ -36,32 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = RelaxSettings()
     p.add_argument("structure", help="extxyz or .db file; its last frame is relaxed")
-    p.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
-    p.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
-    p.add_argument("--out", default="relax-output", help="output folder (default relax-output)")
-    p.add_argument("--config", metavar="YAML", help="settings from a YAML file; options override it")
+    add_workflow_args(p, "relax-output")
     p.add_argument("--optimizer", choices=[o.value for o in Optimizer], help=f"default {d.optimizer.value}")
     p.add_argument("--fmax", type=float, help=f"eV/Å (default {d.fmax:g})")
     p.add_argument("--steps", type=int, help=f"maximum steps (default {d.steps})")
     p.add_argument("--cell", choices=[c.value for c in CellMode],
                    help="auto: relax the cell of 3D-periodic systems too (default); fixed: positions only")
     p.add_argument("--traj-every", type=int, help=f"steps between trajectory frames (default {d.traj_every})")
-    p.add_argument("--unknown-elements", choices=["error", "nearest"], default="error",
-                   help="elements the model never saw: refuse (default) or map to the nearest known one")
     add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> RelaxCommand:
-    values: dict[str, Any] = {}
-    if args.config:
-        from .._settings import load_yaml_mapping
-
-        valid = {f.name for f in fields(RelaxSettings)}
-        for key, value in load_yaml_mapping(args.config).items():
-            key = str(key).replace("-", "_")
-            if key not in valid:
-                raise ValueError(f"{args.config}: unknown relax setting {key!r}; valid: {sorted(_OPTIONS)}")
-            values[key] = value
+    values = config_values(args.config, RelaxSettings)
     values.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
     if args.progress is False:
         values["progress"] = False
@@ -70,15 +55,11 @@ def settings_from_args(args: argparse.Namespace) -> RelaxCommand:
 
 
 def run(settings: RelaxCommand) -> dict:
-    from .. import AdaptiveCalculator, MLFFCalculator
     from ..train.data import read_frames
     from ..workflows.relax import run_relax
 
     atoms = read_frames(settings.structure, -1)[0]
-    if settings.prior:
-        calc = AdaptiveCalculator(settings.model, settings.prior, unknown_elements=settings.unknown_elements)
-    else:
-        calc = MLFFCalculator(settings.model, unknown_elements=settings.unknown_elements)
+    calc = workflow_calculator(settings.model, settings.prior, settings.unknown_elements)
     summary = run_relax(atoms, calc, settings.relax, settings.out)
     state = "converged" if summary["converged"] else "NOT converged"
     print(f"relax {settings.relax.optimizer.value}: {state} in {summary['steps']} steps, fmax "
