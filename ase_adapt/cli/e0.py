@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from ase.data import chemical_symbols
 
 from .._keys import MAIN_HEAD, REF_ENERGY
+from .._settings import load_yaml_mapping
 from ..errors import DataError
 from ._common import prior_calculator
 
@@ -102,22 +103,7 @@ class E0Settings:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "E0Settings":
-        return cls.from_mapping(_read_yaml(path), where=str(path))
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    return data
+        return cls.from_mapping(load_yaml_mapping(path), where=str(path))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -155,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> E0Settings:
     values: dict[str, Any] = {}
     if args.config:
-        values.update({str(k).replace("-", "_"): v for k, v in _read_yaml(args.config).items()})
+        values.update({str(k).replace("-", "_"): v for k, v in load_yaml_mapping(args.config).items()})
     for f in fields(E0Settings):
         given = getattr(args, f.name, None)
         if given is not None:

@@ -57,18 +57,10 @@ class LabelSettings:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> LabelSettings:
         """Settings from a YAML mapping (relative paths: relative to the file), then ``overrides``."""
-        import yaml
+        from .._settings import load_yaml_mapping
 
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of label settings, got {type(loaded).__name__}")
-        data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        data = {str(k).replace("-", "_"): v for k, v in load_yaml_mapping(path).items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -75,18 +75,10 @@ class StatsSettings:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> StatsSettings:
         """Settings from a YAML mapping (relative paths: relative to the file), then ``overrides``."""
-        import yaml
+        from .._settings import load_yaml_mapping
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no settings file {str(path)!r}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of stats settings, got {type(loaded).__name__}")
-        data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        data = {str(k).replace("-", "_"): v for k, v in load_yaml_mapping(path).items()}
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{path}: unknown stats settings {unknown}; valid: {sorted(f.name for f in dataclasses.fields(cls))}")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-import yaml
 from e3nn import o3
 
 from .. import _keys as K
 from .._dtypes import as_dtype, dtype_name
-from .._settings import preset_path
+from .._settings import load_yaml_mapping
 from ..elements import as_atomic_numbers
 from .blocks import EnergyHead, InteractionBlock, RadialEmbedding, SpeciesEmbedding
 from .mlff import MLFF
@@ -79,7 +78,7 @@ class ModelConfig:
     @classmethod
     def from_yaml(cls, path_or_preset: str | Path) -> "ModelConfig":
         """Load from a YAML file, or a shipped preset name (e.g. ``"model-default"``)."""
-        return cls.from_dict(yaml.safe_load(preset_path(path_or_preset).read_text()) or {})
+        return cls.from_dict(load_yaml_mapping(path_or_preset))
 
     @property
     def torch_dtype(self) -> torch.dtype:
