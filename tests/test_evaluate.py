@@ -98,3 +98,26 @@ def test_bad_requests_fail_clearly(files, tmp_path, capsys):
     write_frames(mixed, read_frames(files / "ethanol.xyz")[:2] + read_frames(files / "methylamine.xyz")[:2])
     assert main(["evaluate", "--model", model, "--data", str(mixed)]) == 2
     assert "one molecule" in capsys.readouterr().err
+
+
+def test_many_files_are_tasks_that_a_rerun_skips(files, tmp_path, capsys):
+    args = ["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data", str(files / "ethanol.xyz"),
+            str(files / "methylamine.xyz"), "--out", str(tmp_path / "batch"), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "batch" / "evaluate.json").read_text())
+    assert summary["computed"] == 2 and set(summary["molecules"]) == {"ethanol", "methylamine"}
+    single = _evaluate(files, "--data", str(files / "ethanol.xyz"))
+    assert summary["molecules"]["ethanol"]["force_mae_mev_per_A"] == single["force_mae_mev_per_A"]
+    assert "methylamine" in capsys.readouterr().out
+    assert main(args) == 0
+    assert json.loads((tmp_path / "batch" / "evaluate.json").read_text())["reused"] == 2
+    assert main(args[:-3] + ["--json", str(tmp_path / "x.json")]) == 2  # several files need --out
+
+
+def test_many_files_on_dask_match_the_serial_run(files, tmp_path):
+    base = ["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data", str(files / "ethanol.xyz"),
+            str(files / "methylamine.xyz"), "--prior", "lj", "--ttt", "--ttt-steps", "3", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*base, "--out", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2"]) == 0
+    serial, dask = (json.loads((tmp_path / d / "evaluate.json").read_text()) for d in ("serial", "dask"))
+    assert dask["executor"] == "dask:local" and dask["molecules"] == serial["molecules"]

@@ -11,7 +11,7 @@ from ase.data import covalent_radii
 
 from ..graph import neighbour_list
 
-__all__ = ["covalent_bonds", "bond_changes"]
+__all__ = ["covalent_bonds", "bond_changes", "min_distance_ratio"]
 
 _DENSE_MAX = 64  # atoms: below this (non-periodic), every pair is cheaper than a cell list
 
@@ -64,3 +64,22 @@ def bond_changes(atoms: Atoms, reference: np.ndarray, now: np.ndarray, break_fac
     radii = covalent_radii[atoms.numbers]
     limit = break_factor * (radii[gone[:, 0]] + radii[gone[:, 1]])
     return formed + int((np.linalg.norm(vec, axis=1) > limit).sum())
+
+
+def min_distance_ratio(atoms: Atoms, up_to: float = 1.5) -> float | None:
+    """min over pairs (periodic images and an atom's own images included) of d / (r_cov,i + r_cov,j).
+
+    ``None`` when no pair is closer than ``up_to`` times its covalent sum (only pairs within that
+    are searched). Below 0.5 the atoms overlap (the RSS hole criterion).
+    """
+    radii = covalent_radii[atoms.numbers]
+    if not len(atoms):
+        return None
+    if atoms.pbc.any():
+        i, j, _, d = neighbour_list(atoms, float(2 * radii.max() * up_to), full=False)
+    else:
+        i, j = _pairs(len(atoms))
+        d = np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=1)
+    ratio = d / (radii[i] + radii[j])
+    ratio = ratio[ratio < up_to]
+    return float(ratio.min()) if ratio.size else None

@@ -12,8 +12,14 @@ energy_mae_offset_corrected_mev_per_atom, prior_force_mae_mev_per_A (with a prio
 detector's score and verdict), radius (with --rr), ttt (steps, prior loss before/after, seconds),
 unknown_elements and timings.
 
+Several files (one molecule each) run as separate tasks, each adapting its own copy of the model;
+they need --out FOLDER, where each file's result is kept in tasks/<name>.json (a re-run skips the
+files done) and evaluate.json sums them up. --scheduler local runs them on a Dask LocalCluster of
+--workers processes, --scheduler tcp://HOST:8786 on a running Dask scheduler.
+
 examples:
   ase-adapt evaluate --model model.safetensors --data naphthalene.xyz --json base.json
+  ase-adapt evaluate --model default --data mol1.xyz mol2.xyz mol3.xyz --prior gfn-ff --ttt --out eval --scheduler local
   ase-adapt evaluate --model model.safetensors --data naphthalene.xyz --prior gfn-ff --ttt --json ttt.json
   ase-adapt evaluate --model model.safetensors --data toluene.xyz --sgdml-prior-frames 50 --ttt --rr --json s.json
 """
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from ..evaluate import EvaluateSettings
 from ..adapt.ttt import TTTSettings
-from ._common import PRIOR_HELP
+from ._common import PRIOR_HELP, add_quiet
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,11 @@ class EvaluateCommand:
     model: str
     data: str
     json: str | None = None
+    more_data: tuple[str, ...] = ()     # further files: a batch run into `out`
+    out: str | None = None
+    scheduler: str | None = None
+    workers: int = 2
+    progress: bool = True
     evaluation: EvaluateSettings = field(default_factory=EvaluateSettings)
 
 
@@ -41,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="force/energy errors on one molecule, with or without adaptation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint path or built-in model name")
-    p.add_argument("--data", required=True, help="frames of one molecule with reference energy and forces")
+    p.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                   help="frames of one molecule with reference energy and forces (several files: one task each)")
     p.add_argument("--prior", metavar="SPEC", help=PRIOR_HELP)
     p.add_argument("--ttt", action="store_true", help="adapt with test-time training against the prior")
     p.add_argument("--rr", action="store_true", help="adapt the graph radius (radius refinement)")
@@ -54,7 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ttt-lr", type=float, help=f"TTT learning rate (default {TTTSettings.lr:g})")
     p.add_argument("--temperature", type=float, help="temperature (K) of the prior MD that samples TTT structures: "
                    f"that of the frames (default {TTTSettings.md_temperature:g})")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT (one data file)")
+    p.add_argument("--out", metavar="FOLDER", help="results of several data files: FOLDER/tasks/*.json, FOLDER/evaluate.json")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the files on Dask: 'local' or a scheduler address")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    add_quiet(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateCommand:
@@ -67,7 +83,29 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateCommand:
         ttt = replace(ttt, md_temperature=args.temperature)
     ev = EvaluateSettings(prior=args.prior, ttt=args.ttt, rr=args.rr, sgdml_prior_frames=args.sgdml_prior_frames,
                           unknown_elements=args.unknown_elements, prior_head=args.prior_head, ttt_settings=ttt)
-    return EvaluateCommand(model=args.model, data=args.data, json=args.json, evaluation=ev)
+    first, *more = args.data
+    if (more or args.scheduler) and not args.out:
+        raise ValueError("several data files (or --scheduler) need --out FOLDER for their results")
+    if args.out and args.json:
+        raise ValueError("--json writes one file's result; with --out the results go to FOLDER/evaluate.json")
+    return EvaluateCommand(model=args.model, data=first, json=args.json, more_data=tuple(more), out=args.out,
+                           scheduler=args.scheduler, workers=args.workers, progress=args.progress is not False,
+                           evaluation=ev)
+
+
+def _run_batch(settings: EvaluateCommand) -> dict:
+    from ..workflows.batch import evaluate_files
+
+    summary = evaluate_files(settings.model, [settings.data, *settings.more_data], settings.evaluation, settings.out,
+                             scheduler=settings.scheduler, n_workers=settings.workers, progress=settings.progress)
+    print(f"{'molecule':<24}{'frames':>7}{'force MAE':>11}{'prior':>9}  adaptation")
+    for name, r in summary["molecules"].items():
+        prior = r.get("prior_force_mae_mev_per_A")
+        print(f"{name:<24}{r['n_frames']:>7}{r['force_mae_mev_per_A']:>11.1f}"
+              f"{'' if prior is None else f'{prior:.1f}':>9}  {r['adaptation']}")
+    print(f"force MAE in meV/Å; {summary['computed']} computed, {summary['reused']} from an earlier run; "
+          f"results in {settings.out}")
+    return summary
 
 
 def run(settings: EvaluateCommand) -> dict:
@@ -76,6 +114,8 @@ def run(settings: EvaluateCommand) -> dict:
     from ..evaluate import evaluate_frames
     from ..train.data import read_frames
 
+    if settings.out:
+        return _run_batch(settings)
     model = load_model(settings.model)
     result = evaluate_frames(model, read_frames(settings.data), settings.evaluation)
     result["model"], result["data"] = settings.model, settings.data

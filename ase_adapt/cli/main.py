@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, e0, evaluate, finetune, info, label, md, neb, relax, stats, train
+from . import demo, e0, evaluate, finetune, info, label, md, neb, relax, screen, stats, train
 
 COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "train": train, "finetune": finetune,
-            "stats": stats, "evaluate": evaluate, "md": md, "relax": relax, "neb": neb}
+            "stats": stats, "evaluate": evaluate, "md": md, "relax": relax, "neb": neb, "screen": screen}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings fields that name outputs: checked for writability before any work.
 OUTPUT_FILES = ("json",)
-OUTPUT_DIRS = {"train": ("out",), "finetune": ("out",), "demo": ("out",), "md": ("out",), "relax": ("out",), "neb": ("out",)}  # other commands' out is a file
+OUTPUT_DIRS = {"train": ("out",), "finetune": ("out",), "demo": ("out",), "md": ("out",), "relax": ("out",), "neb": ("out",),
+               "screen": ("out",), "evaluate": ("out",)}  # other commands' out is a file
 
 
 def check_outputs(command: str, settings: object) -> None:

@@ -1,0 +1,223 @@
+"""Many independent tasks (RSS structures, molecules, one TTT per molecule), serially or on Dask.
+
+:func:`run_tasks` runs ``fn(payload)`` for every :class:`Task` and keeps one result file per task,
+``<folder>/<task id>.json``, written atomically by the driver as soon as the task is done. So:
+
+- **nothing is lost:** a run killed midway keeps every finished task's file, and a re-run reads
+  them back instead of recomputing (``reused`` in :class:`TaskRun`);
+- **results are the inputs' and not the run's:** a result file records the task's fingerprint
+  (a hash of its payload); a file with another fingerprint means other settings, and is refused
+  rather than silently mixed into a new run;
+- **the executor changes nothing:** each task is seeded by its payload and runs with one torch
+  thread (restored afterwards), in the driver (``scheduler=None``) or on a Dask worker, so the
+  serial and the distributed path return identical results.
+
+Dask is optional (``pip install "ase-adapt[dask]"``): ``scheduler="local"`` starts a
+``distributed.LocalCluster`` of ``n_workers`` single-threaded worker processes; any other string
+is the address of a running scheduler (``tcp://host:8786``), for example one started by
+dask-jobqueue on a SLURM/PBS cluster or by the Dask Kubernetes operator (docs/workflows.md).
+Payloads must be plain data: models travel as checkpoint paths or bytes (:class:`ModelSource`),
+never as pickled modules, and the result files are written by the driver, so workers need no
+shared file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .._io import check_writable, write_json
+
+__all__ = ["Task", "TaskRun", "ModelSource", "run_tasks", "fingerprint", "one_thread"]
+
+_FORMAT = "ase-adapt task result 1"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``id`` names its result file (letters, digits, ``-_.``), ``payload`` is plain data."""
+
+    id: str
+    payload: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not self.id or any(not (c.isalnum() or c in "-_.") for c in self.id) or self.id.startswith("."):
+            raise ValueError(f"invalid task id {self.id!r}: letters, digits, '-', '_' and '.' only")
+
+
+@dataclass
+class TaskRun:
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id -> result, in task order
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    executor: str = "serial"
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable hash of plain data (bytes hashed by content)."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if callable(x):  # a calculator factory: by name (its address changes from run to run)
+            h.update(f"F{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', repr(x))}".encode())
+        elif isinstance(x, (bytes, bytearray)):
+            h.update(b"B" + hashlib.sha256(x).digest())
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x, key=str):
+                feed(str(k))
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(b"L%d" % len(x))
+            for v in x:
+                feed(v)
+        else:
+            h.update(json.dumps(x, default=str).encode())
+
+    feed(payload)
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model as it travels to a worker: a checkpoint path or built-in name, or checkpoint bytes."""
+
+    spec: str | None = None
+    data: bytes | None = None
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelSource":
+        """From a path/name (kept as is) or an in-memory model (saved to checkpoint bytes)."""
+        if isinstance(model, (str, Path)):
+            return cls(spec=str(model))
+        if isinstance(model, ModelSource):
+            return model
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = model.save(Path(tmp) / "model.safetensors")
+            return cls(data=Path(path).read_bytes())
+
+    def identity(self) -> str:
+        return self.spec if self.spec is not None else "bytes:" + hashlib.sha256(self.data or b"").hexdigest()[:16]
+
+
+_MODELS: dict[str, Any] = {}  # per process (driver or worker): loaded once, reused by every task
+
+
+def load_source(source: ModelSource) -> Any:
+    """The model of ``source``, loaded once per process."""
+    key = source.identity()
+    if key not in _MODELS:
+        from ..checkpoint import load_model
+
+        if source.data is None:
+            _MODELS[key] = load_model(source.spec)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.safetensors"
+                path.write_bytes(source.data)
+                _MODELS[key] = load_model(path)
+    return _MODELS[key]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for the duration (results do not depend on the executor)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _call(fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> dict[str, Any]:
+    with one_thread():
+        return fn(payload)
+
+
+def _read_done(path: Path, fp: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != _FORMAT:
+            raise ValueError("not a task result file")
+    except ValueError as exc:
+        raise ValueError(f"{path}: unreadable task result ({exc}); delete it to recompute the task") from None
+    if record.get("fingerprint") != fp:
+        raise ValueError(f"{path} was computed with other settings (fingerprint {record.get('fingerprint')} != {fp}); "
+                         "use another output folder, or delete the old results")
+    return record["result"]
+
+
+def run_tasks(fn: Callable[[dict[str, Any]], dict[str, Any]], tasks: Sequence[Task], folder: str | Path, *,
+              scheduler: str | None = None, n_workers: int = 2, progress: bool = True,
+              desc: str = "tasks") -> TaskRun:
+    """Run ``fn`` (a top-level, picklable function returning JSON-able data) on every task not done yet."""
+    folder = check_writable(folder, directory=True)
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("task ids must be unique")
+    run = TaskRun(executor="serial" if scheduler is None else f"dask:{scheduler}")
+    todo = []
+    for t in tasks:
+        done = _read_done(folder / f"{t.id}.json", fingerprint(t.payload))
+        if done is None:
+            todo.append(t)
+        else:
+            run.results[t.id] = done
+            run.reused.append(t.id)
+
+    def finish(t: Task, result: dict[str, Any]) -> None:
+        write_json(folder / f"{t.id}.json", {"format": _FORMAT, "id": t.id,
+                                            "fingerprint": fingerprint(t.payload), "result": result})
+        run.results[t.id] = result
+        run.computed.append(t.id)
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(tasks), initial=len(run.reused), unit="task", desc=desc,
+              disable=None if progress else True) as bar:
+        if scheduler is None:
+            for t in todo:
+                finish(t, _call(fn, t.payload))
+                bar.update()
+        elif todo:
+            _run_dask(fn, todo, scheduler, n_workers, finish, bar)
+    run.results = {i: run.results[i] for i in ids}
+    return run
+
+
+def _run_dask(fn, todo: list[Task], scheduler: str, n_workers: int, finish, bar) -> None:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ImportError('the Dask executor needs dask.distributed: pip install "ase-adapt[dask]"') from None
+    with contextlib.ExitStack() as stack:
+        if scheduler == "local":
+            if n_workers < 1:
+                raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+            cluster = stack.enter_context(LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(scheduler))
+        futures = {client.submit(_call, fn, t.payload, key=f"{t.id}-{fingerprint(t.payload)}", pure=False): t
+                   for t in todo}
+        try:
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+                bar.update()
+        except BaseException:
+            client.cancel(list(futures))
+            raise
