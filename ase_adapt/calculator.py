@@ -67,7 +67,8 @@ class MLFFCalculator(Calculator):
 
     Parameters
     ----------
-    model: an :class:`~ase_adapt.models.MLFF`, or a checkpoint path / built-in name.
+    model: an :class:`~ase_adapt.models.MLFF` (or a foreign-model adapter such as SevenNet's), or a
+        checkpoint path / model name (``"default"``, ``"sevennet:7net-0"``).
     head: the head to evaluate (``"main"`` for reference-level predictions).
     device, dtype: where and in which precision to run (default: the model's own).
     unknown_elements: ``"error"`` (default) raises before any compute; ``"nearest"`` maps each
@@ -97,7 +98,7 @@ class MLFFCalculator(Calculator):
         if unexpected:  # ASE's Calculator would store them as parameters, silently unused
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}")
         super().__init__(**kwargs)
-        owned = not isinstance(model, MLFF)
+        owned = not isinstance(model, torch.nn.Module)  # an MLFF or a foreign adapter (models/foreign.py)
         if owned:
             from .checkpoint import load_model
 

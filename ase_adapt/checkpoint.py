@@ -40,6 +40,7 @@ from .shift.stats import upgrade_stats
 # name -> packaged checkpoint. "default": trained on aspirin, benzene and uracil (GFN2-xTB reference,
 # GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
 BUILTIN_MODELS: dict[str, Path] = {"default": Path(__file__).parent / "data" / "default.safetensors"}
+SEVENNET_PREFIX = "sevennet:"  # load_model("sevennet:7net-0"): a SevenNet model through its adapter
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -84,7 +85,15 @@ def load_model(
 
     Loading is strict: missing or unexpected weights raise :class:`CheckpointError`; a newer
     format version warns. The model's training statistics are in ``model.training_stats``.
+
+    Foreign models load by prefix: ``"sevennet:7net-0"``, ``"sevennet:7net-mf-0@PBE"`` or
+    ``"sevennet:/path/to/checkpoint.pth"`` (needs the ``sevenn`` extra; see
+    :mod:`ase_adapt.models.sevennet_io`).
     """
+    if isinstance(path_or_name, str) and path_or_name.startswith(SEVENNET_PREFIX):
+        from .models.sevennet_io import load_sevennet
+
+        return load_sevennet(path_or_name[len(SEVENNET_PREFIX):], device=device, dtype=dtype)
     path = _resolve(path_or_name)
     metadata, tensors = _read(path)
     if metadata.get(K.META_FORMAT) != K.FORMAT_NAME:
