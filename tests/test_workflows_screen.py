@@ -122,3 +122,18 @@ def test_screen_cli_with_a_model_and_a_yaml_config(make_model, tmp_path, capsys)
     assert "composition" in capsys.readouterr().out
     assert main(["screen", "--model", str(ckpt), "--elements", "Na", "Cl", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "Na" in capsys.readouterr().err  # the model does not know Na or Cl: refused before any work
+
+
+def test_adaptation_events_are_in_the_rows(ready, tmp_path):
+    import copy
+
+    model = copy.deepcopy(ready)
+    model.add_head("prior:lj", copy.deepcopy(model.heads["prior"]))  # the head that learnt LJ, under its prior's name
+    model.training_stats = copy.deepcopy(ready.training_stats)
+    by_head = model.training_stats.get("prior_force_norm_by_head", {})
+    if "prior" in by_head:
+        by_head["prior:lj"] = by_head["prior"]
+    s = ScreenSettings(compositions=("CO2",), structures=1, cycles=1, steps=3, max_atoms=6, progress=False)
+    summary = run_screen(model, s, tmp_path, prior="lj")
+    events = summary["structures"][0]["events"]
+    assert events and all(":" in e for e in events), events

@@ -196,6 +196,7 @@ def screen_task(payload: dict[str, Any]) -> dict[str, Any]:
         "volume_per_atom": float(atoms.get_volume() / n_atoms) if finite else None,
         "min_distance_ratio": min_distance_ratio(atoms) if finite else None,
         "converged": converged, "steps": steps, "error": error, "seconds": time.perf_counter() - t0,
+        "events": [f"{e.get('kind')}: {e.get('action')}" for e in getattr(atoms.calc, "events", None) or []],
         "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
                       "cell": atoms.cell.array.tolist()} if finite else None,
     }

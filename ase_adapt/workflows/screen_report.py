@@ -10,6 +10,8 @@ medians and MADs taken per composition over the structures whose energy is known
 - ``combined``: volume per atom under ``combined_volume_ratio`` (0.5) times the median *and*
   energy per atom below the median.
 
+With an :class:`~ase_adapt.AdaptiveCalculator` (``--prior``), each row of ``screen.json`` lists the
+adaptation events of its structure (``events``: kind and action, in order).
 A structure whose relaxation failed (``error``) is counted apart; the geometric flags still apply
 to the structure it failed on. Outputs: ``screen.csv`` and ``screen.json`` (one row per
 structure, with its flags), the flagged fraction per composition (``screen.json`` and the
