@@ -75,3 +75,16 @@ def test_a_killed_screen_resumes_without_recomputing(make_model, tmp_path):
     summary = json.loads((out / "screen.json").read_text())
     assert summary["reused"] == len(done) and summary["computed"] == 6 - len(done)
     assert {n: (out / "tasks" / n).stat().st_mtime_ns for n in done} == done  # not rewritten
+
+
+def fails_on_two(payload):
+    if payload["x"] == 2:
+        raise ValueError("bad input two")
+    return {"value": payload["x"]}
+
+
+def test_a_failing_task_is_named_and_the_finished_ones_are_kept(tmp_path):
+    tasks = [Task(f"t{k}", {"x": k}) for k in range(4)]
+    with pytest.raises(RuntimeError, match="task t2 failed.*bad input two"):
+        run_tasks(fails_on_two, tasks, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["t0.json", "t1.json"]

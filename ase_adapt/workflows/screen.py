@@ -173,7 +173,13 @@ def screen_task(payload: dict[str, Any]) -> dict[str, Any]:
         st = payload["start"]
         atoms, group = Atoms(numbers=st["numbers"], positions=st["positions"], cell=st["cell"], pbc=True), None
     else:
-        atoms, group = random_crystal(composition, index, s)
+        try:
+            atoms, group = random_crystal(composition, index, s)
+        except RuntimeError as exc:  # PyXtal found no crystal: a row that says so, not a stopped screen
+            return {"composition": composition, "index": index, "space_group": None, "n_atoms": 0,
+                    "energy_per_atom": None, "volume_per_atom": None, "min_distance_ratio": None, "converged": False,
+                    "steps": 0, "error": str(exc), "seconds": time.perf_counter() - t0, "events": [],
+                    "structure": None}
     atoms.calc = _calculator(payload)
     rng = _rng(s.seed + 1, composition, index)
     steps, converged, error = 0, False, None

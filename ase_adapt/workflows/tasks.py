@@ -190,12 +190,21 @@ def run_tasks(fn: Callable[[dict[str, Any]], dict[str, Any]], tasks: Sequence[Ta
               disable=None if progress else True) as bar:
         if scheduler is None:
             for t in todo:
-                finish(t, _call(fn, t.payload))
+                finish(t, _failed_as(t, lambda: _call(fn, t.payload)))
                 bar.update()
         elif todo:
             _run_dask(fn, todo, scheduler, n_workers, finish, bar)
     run.results = {i: run.results[i] for i in ids}
     return run
+
+
+def _failed_as(task: Task, get: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The task's result; a failure stops the run with the task named (finished tasks stay saved)."""
+    try:
+        return get()
+    except Exception as exc:
+        raise RuntimeError(f"task {task.id} failed ({type(exc).__name__}: {exc}); the tasks finished before it "
+                           "are saved, and a re-run computes only the rest") from exc
 
 
 def _run_dask(fn, todo: list[Task], scheduler: str, n_workers: int, finish, bar) -> None:
@@ -216,7 +225,7 @@ def _run_dask(fn, todo: list[Task], scheduler: str, n_workers: int, finish, bar)
                    for t in todo}
         try:
             for future in as_completed(futures):
-                finish(futures[future], future.result())
+                finish(futures[future], _failed_as(futures[future], future.result))
                 bar.update()
         except BaseException:
             client.cancel(list(futures))
