@@ -9,6 +9,13 @@ A ``.pt`` file is also accepted: a plain dict ``{"metadata": {str: str}, "tensor
 Tensor}}`` written with ``torch.save`` and read with ``torch.load(weights_only=True)``, which
 refuses any pickled object beyond tensors and plain containers.
 
+A foreign adapter (a SevenNet model made TTT-ready by ``ase-adapt prepare``) saves the same
+container. Its config has ``kind: sevennet`` and names the base model (``source``, e.g.
+``sevennet:7net-0``, with ``modal``, ``shared_blocks`` and the ``sevenn_version``), and each head in
+the header also records its type (``sevennet`` or ``mlp`` with ``hidden``). Loading rebuilds the
+adapter from the base model available offline (:func:`~ase_adapt.models.sevennet_io.restore_sevennet`),
+attaches the heads and then loads every saved weight strictly.
+
 Writes go to a temporary file in the target directory and are renamed into place, so a crash
 never leaves a half-written checkpoint.
 
@@ -41,6 +48,7 @@ from .shift.stats import upgrade_stats
 # GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
 BUILTIN_MODELS: dict[str, Path] = {"default": Path(__file__).parent / "data" / "default.safetensors"}
 SEVENNET_PREFIX = "sevennet:"  # load_model("sevennet:7net-0"): a SevenNet model through its adapter
+FOREIGN_KINDS = ("sevennet",)  # config "kind" of checkpoints saved by a foreign adapter (a prepared model)
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -76,6 +84,42 @@ def _resolve(path_or_name: str | Path) -> Path:
     return path
 
 
+def _build(config: ModelConfig, heads: dict) -> MLFF:
+    base_heads = tuple(h for h in config.heads if h in (K.MAIN_HEAD, K.PRIOR_HEAD))
+    model = build_model(config, heads=base_heads or (config.heads[0],))
+    for name in heads:
+        if name not in model.heads:
+            new_head(model, name)
+    return model
+
+
+def _restore_foreign(config: dict, heads: dict, path: Path):
+    """A foreign adapter rebuilt from its base model (offline), heads attached; weights follow."""
+    from .models.sevennet_io import restore_sevennet
+
+    try:
+        return restore_sevennet(config, heads, where=str(path))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its {config.get('kind')} base model: {exc}") from None
+
+
+def _load_weights(model, tensors: dict, path: Path) -> None:
+    """Load the ``model.`` tensors strictly: a missing, unexpected or misshapen weight raises."""
+    foreign = sorted(k for k in tensors if not k.startswith((K.STATE_PREFIX, K.STATS_PREFIX)))
+    if foreign:
+        raise CheckpointError(f"{path}: unexpected tensors {foreign[:5]} (neither weights nor statistics)")
+    state = {k[len(K.STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(K.STATE_PREFIX)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise CheckpointError(f"{path}: weights do not match the architecture in its config ({exc})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture in its config "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+
+
 def load_model(
     path_or_name: str | Path,
     device: str | torch.device = "cpu",
@@ -94,16 +138,22 @@ def load_model(
         from .models.sevennet_io import load_sevennet
 
         return load_sevennet(path_or_name[len(SEVENNET_PREFIX):], device=device, dtype=dtype)
+    if isinstance(path_or_name, str) and path_or_name.startswith("mace:"):  # "mace:PATH[@HEAD]", trusted files only
+        from .models.mace_io import load_mace
+
+        return load_mace(path_or_name[len("mace:"):], device=device, dtype=dtype)
     path = _resolve(path_or_name)
     metadata, tensors = _read(path)
     if metadata.get(K.META_FORMAT) != K.FORMAT_NAME:
         raise CheckpointError(f"{path}: not an ase-adapt checkpoint (no '{K.META_FORMAT}: {K.FORMAT_NAME}' header)")
     try:
         version = int(metadata[K.META_VERSION])
-        config = ModelConfig.from_dict(json.loads(metadata[K.META_CONFIG]))
+        raw_config = json.loads(metadata[K.META_CONFIG])
         heads = json.loads(metadata[K.META_HEADS])
         stats = json.loads(metadata.get(K.META_STATS, "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
+        foreign = raw_config.get("kind") in FOREIGN_KINDS
+        config = None if foreign else ModelConfig.from_dict(raw_config)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint header ({exc})") from None
     if version > K.FORMAT_VERSION:
         warnings.warn(
@@ -111,24 +161,8 @@ def load_model(
             "upgrade ase-adapt if loading fails or results look wrong",
             stacklevel=2,
         )
-    base_heads = tuple(h for h in config.heads if h in (K.MAIN_HEAD, K.PRIOR_HEAD))
-    model = build_model(config, heads=base_heads or (config.heads[0],))
-    for name in heads:
-        if name not in model.heads:
-            new_head(model, name)
-    foreign = sorted(k for k in tensors if not k.startswith((K.STATE_PREFIX, K.STATS_PREFIX)))
-    if foreign:
-        raise CheckpointError(f"{path}: unexpected tensors {foreign[:5]} (neither weights nor statistics)")
-    state = {k[len(K.STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(K.STATE_PREFIX)}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even when strict=False
-        raise CheckpointError(f"{path}: weights do not match the architecture in its config ({exc})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not match the architecture in its config "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
+    model = _restore_foreign(raw_config, heads, path) if foreign else _build(config, heads)
+    _load_weights(model, tensors, path)
     try:
         for name, info in heads.items():
             model.heads[name].set_e0(info["e0"])

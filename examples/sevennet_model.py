@@ -7,7 +7,8 @@ offline, writes nothing)
    forces and stress.
 2. A prior head (``prior:emt``) is attached and the training statistics the shift detectors need are
    computed on a few copper frames. The head here is untrained, so the adaptation below only shows
-   the mechanics; `ase-adapt prepare` (to come) trains prior heads on prior-labelled structures.
+   the mechanics; `ase-adapt prepare` trains prior heads on prior-labelled structures (see
+   examples/prepare_sevennet.py).
 3. ``AdaptiveCalculator`` checks the system, refines the graph radius, adapts the representation
    to the EMT prior (TTT) and runs a few MD steps.
 """

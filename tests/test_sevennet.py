@@ -145,8 +145,6 @@ def test_elements_and_representation_order(model):
     assert before[:len(embedding)] == embedding  # Bessel frequencies and species embedding first
     assert set(before) == set(embedding) | {id(p) for p in model.interactions[0].parameters()}
     assert len(model.representation_parameters()) > len(before)
-    with pytest.raises(NotImplementedError, match="prepare"):
-        model.save("x.safetensors")
 
 
 def test_graph_radius_is_a_run_time_parameter(model):

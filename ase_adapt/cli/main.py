@@ -6,10 +6,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, e0, evaluate, finetune, info, label, md, neb, relax, screen, stats, train
+from . import demo, e0, evaluate, finetune, info, label, md, neb, prepare, relax, screen, stats, train
 
 COMMANDS = {"demo": demo, "info": info, "e0": e0, "label": label, "train": train, "finetune": finetune,
-            "stats": stats, "evaluate": evaluate, "md": md, "relax": relax, "neb": neb, "screen": screen}
+            "stats": stats, "evaluate": evaluate, "md": md, "relax": relax, "neb": neb, "screen": screen,
+            "prepare": prepare}
 
 
 def build_parser() -> argparse.ArgumentParser:

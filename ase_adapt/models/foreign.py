@@ -126,11 +126,19 @@ class ForeignModel(nn.Module):
             self.device,
         )
 
-    def save(self, path) -> None:
-        raise NotImplementedError(
-            f"saving a {type(self).__name__} is not supported yet: reload it from its source "
-            f"({self.config.get('source', 'the foreign checkpoint')}); `ase-adapt prepare` will define "
-            "the saved form of a prepared foreign model")
+    def head_spec(self, name: str) -> dict:
+        """What kind of head ``name`` is (JSON), enough to rebuild it before its weights load."""
+        raise NotImplementedError
+
+    def save(self, path):
+        """Save as an ase-adapt checkpoint (weights, heads, E0s, statistics, the base model's identity).
+
+        ``ase_adapt.load_model(path)`` rebuilds the adapter from the base model named in the
+        config (``source``; it must be available offline) and loads every weight strictly.
+        """
+        from .serialize import save_model
+
+        return save_model(self, path)
 
     # ------------------------------------------------------------------ compute
     def species(self, numbers: torch.Tensor) -> torch.Tensor:

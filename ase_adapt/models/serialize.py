@@ -38,7 +38,9 @@ def _split_stats(stats: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str
 def checkpoint_payload(model: "MLFF") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The (metadata, tensors) pair that describes ``model`` completely."""
     scalars, arrays = _split_stats(getattr(model, "training_stats", None))
-    heads = {n: {"e0": list(h.e0)} for n, h in model.heads.items()}
+    # a foreign adapter also records what kind of head each one is, to rebuild it before loading
+    spec = getattr(model, "head_spec", None)
+    heads = {n: {"e0": list(h.e0), **(spec(n) if spec else {})} for n, h in model.heads.items()}
     config = dict(model.config)
     config["heads"] = list(model.heads.keys())
     # the dtype the weights have now (a float32-built model may have been cast to float64)

@@ -189,6 +189,13 @@ class SevenNetModel(ForeignModel):
         if len(head.e0) != len(self.elements):
             raise ValueError(f"head {name!r} has {len(head.e0)} E0s for {len(self.elements)} elements")
 
+    def head_spec(self, name: str) -> dict:
+        """``{"type": "sevennet"}`` (a copy of the main head's architecture) or ``{"type": "mlp", "hidden": n}``."""
+        head = self.heads[name]
+        if isinstance(head, SevenNetHead):
+            return {"type": "sevennet"}
+        return {"type": "mlp", "hidden": int(head.mlp.hs[1])}
+
     def new_head(self, name: str, *, copy_main: bool = False, hidden: int = 16, seed: int = 0) -> nn.Module:
         """Create and attach a head named ``name`` (same dtype and device as the model).
 

@@ -154,3 +154,41 @@ def _cast(model: SevenNetModel, dtype: torch.dtype) -> SevenNetModel:
     model = model.to(dtype)
     model.heads["main"].set_e0(model.isolated_energies(model.heads["main"]))
     return model
+
+
+def restore_sevennet(config: dict, heads: dict, where: str = "checkpoint") -> SevenNetModel:
+    """The adapter a saved ase-adapt checkpoint describes, with its heads attached (weights not loaded).
+
+    The base model is rebuilt offline from ``config["source"]`` (a pretrained name shipped with
+    ``sevenn``, or a checkpoint path), with the saved modal, ``shared_blocks`` and dtype; the
+    caller then loads the saved weights strictly. A different ``sevenn`` version warns.
+    """
+    _sevenn()  # ImportError naming the extra before anything else
+    import sevenn
+
+    source = str(config.get("source", ""))
+    if not source.startswith("sevennet:"):
+        raise ValueError(f"{where}: the config names no SevenNet base model (source {source!r})")
+    saved = config.get("sevenn_version")
+    if saved != sevenn.__version__:
+        warnings.warn(f"{where} was prepared with sevenn {saved}, this is sevenn {sevenn.__version__}: "
+                      "if loading fails or predictions look wrong, install the version it was made with",
+                      stacklevel=3)
+    model = load_sevennet(source[len("sevennet:"):], modal=config.get("modal"),
+                          shared_blocks=config.get("shared_blocks"), dtype=config.get("dtype"))
+    for name, info in heads.items():
+        kind = info.get("type")
+        if name in model.heads:
+            continue
+        if kind == "sevennet":
+            model.new_head(name, copy_main=True)
+        elif kind == "mlp":
+            model.new_head(name, hidden=int(info["hidden"]))
+        else:
+            raise ValueError(f"{where}: head {name!r} has unknown type {kind!r} (expected 'sevennet' or 'mlp')")
+    if list(config.get("elements", model.elements)) != list(model.elements):
+        raise ValueError(f"{where}: the base model {source!r} found here has other elements than the one it was "
+                         "prepared from")
+    fresh = ("checkpoint", "sevenn_version", "heads", "dtype")  # facts of this installation and this load
+    model.config.update({k: v for k, v in config.items() if k not in fresh})
+    return model

@@ -12,6 +12,7 @@ from ..losses import LossKind, LossWeights
 from .trainer import OptimSettings, Scheduler, TrainResult
 from .modes import E0Source, LabelKeys, TrainMode, TrainSettings, train_model
 from .finetune import E0Update, FinetuneSettings, FreezeMode, ReplayLabels, Strategy, finetune_model, pseudolabel
+from .prepare import PrepareResult, PrepareSettings, prepare_model
 
 __all__ = [
     "E0Warning", "apply_e0", "average_e0", "e0_from_json", "e0_to_json", "head_e0",
@@ -22,4 +23,5 @@ __all__ = [
     "LossKind", "LossWeights", "OptimSettings", "Scheduler", "TrainResult",
     "E0Source", "LabelKeys", "TrainMode", "TrainSettings", "train_model",
     "E0Update", "FinetuneSettings", "FreezeMode", "ReplayLabels", "Strategy", "finetune_model", "pseudolabel",
+    "PrepareResult", "PrepareSettings", "prepare_model",
 ]
