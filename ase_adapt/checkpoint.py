@@ -48,7 +48,7 @@ from .shift.stats import upgrade_stats
 # GFN-FF / sGDML / LJ prior heads) by `python benchmarks/train_default.py --install`.
 BUILTIN_MODELS: dict[str, Path] = {"default": Path(__file__).parent / "data" / "default.safetensors"}
 SEVENNET_PREFIX = "sevennet:"  # load_model("sevennet:7net-0"): a SevenNet model through its adapter
-FOREIGN_KINDS = ("sevennet",)  # config "kind" of checkpoints saved by a foreign adapter (a prepared model)
+FOREIGN_KINDS = ("sevennet", "mace")  # config "kind" of checkpoints saved by a foreign adapter (a prepared model)
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -95,10 +95,12 @@ def _build(config: ModelConfig, heads: dict) -> MLFF:
 
 def _restore_foreign(config: dict, heads: dict, path: Path):
     """A foreign adapter rebuilt from its base model (offline), heads attached; weights follow."""
-    from .models.sevennet_io import restore_sevennet
-
+    if config.get("kind") == "mace":
+        from .models.mace_io import restore_mace as restore
+    else:
+        from .models.sevennet_io import restore_sevennet as restore
     try:
-        return restore_sevennet(config, heads, where=str(path))
+        return restore(config, heads, where=str(path))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild its {config.get('kind')} base model: {exc}") from None
 
