@@ -1,232 +1,28 @@
-"""Shared base of adapters that present a foreign MLFF (SevenNet, ...) through the built-in interface.
+"""Shared base of adapters that present a foreign MLFF (SevenNet, MACE) through the built-in interface.
 
-:class:`ForeignModel` has the duck-typed surface of :class:`~ase_adapt.models.MLFF` that the
-calculators, TTT, the shift statistics and the physics contracts use: ``elements``, ``cutoff``,
-``config``, named ``heads`` (:class:`~ase_adapt.models.heads.HeadDict`), ``dtype``/``device``,
-``species()``, ``representation_blocks()`` ordered by depth, ``parameters_before(k)``,
-``weights_token()`` and ``forward(graph, head, ...)`` with the same result keys.
-
-It owns the conventions that must not differ between backends:
-
-- energies per head are ``E_i = E0[s_i] + (interaction energy of atom i)``, where an atom that is
-  the centre of no edge contributes exactly its E0 (float64, outside the state dict);
-- forces are ``-dE/dr`` and the stress ``dE/d(strain) / V`` by autograd through the adapter's own
-  edge vectors (``graph.edge_vectors`` of strained positions and cell), whatever the foreign
-  code would compute itself.
-
-A subclass builds ``self.embedding`` (a module), ``self.interactions`` (a ModuleList, one entry per
-message-passing block, in depth order) and implements :meth:`_shared` (the representation pass,
-with one virtual edgeless node per species present appended) and :meth:`_head_energy`.
+:class:`ForeignModel` is a :class:`~ase_adapt.models.base.HeadedModel` (heads, species, parameter
+groups, forward with autograd forces and stress: the conventions every model shares) whose
+subclasses wrap a foreign model's modules and can name what they are built from: ``head_spec``
+records each head's kind so that ``load_model`` rebuilds a saved (prepared) adapter from its base
+model offline before loading the weights strictly.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from .base import HeadedModel
 
-import torch
-from torch import nn
-
-from .. import _keys as K
-from ..errors import UnknownElementError
-from ..graph import AtomicGraph
-from .blocks import scatter_sum
-from .heads import HeadDict, head_key
+__all__ = ["ForeignModel"]
 
 
-class ForeignModel(nn.Module):
-    """Base of foreign-model adapters: heads, species, parameter groups, energy -> forces/stress."""
+class ForeignModel(HeadedModel):
+    """Base of foreign-model adapters; see :class:`~ase_adapt.models.base.HeadedModel`.
 
-    training_stats: dict | None = None
-
-    def __init__(self, *, elements: Sequence[int], cutoff: float, config: dict | None = None) -> None:
-        super().__init__()
-        self.elements = tuple(int(z) for z in elements)
-        if len(set(self.elements)) != len(self.elements):
-            raise ValueError(f"duplicate elements in {self.elements}")
-        self.cutoff = float(cutoff)
-        self.config = dict(config or {})
-        z_to_index = torch.full((119,), -1, dtype=torch.int64)
-        z_to_index[list(self.elements)] = torch.arange(len(self.elements))
-        self.register_buffer("z_to_index", z_to_index, persistent=False)
-        self._token_tensors: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        self.heads = HeadDict()
-
-    # ------------------------------------------------------------------ structure
-    def check_head(self, name: str, head: nn.Module) -> None:
-        """Raise if ``head`` cannot read this model's features (subclasses refine)."""
-
-    def add_head(self, name: str, head: nn.Module) -> None:
-        """Attach a head (``"prior:emt"``, a replay head...) reading the representation's features."""
-        head_key(name)  # validates the name
-        self.check_head(name, head)
-        self.heads[name] = head
-        self.config["heads"] = self.head_names
-        self.structure_changed()
-
-    def structure_changed(self) -> None:
-        """Forget cached parameter lists; call after replacing submodules in place."""
-        self._token_tensors = None
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cuda() may replace tensors
-        self.structure_changed()
-        return super()._apply(fn, *args, **kwargs)
-
-    @property
-    def head_names(self) -> list[str]:
-        return list(self.heads.keys())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(p for p in self.embedding.parameters() if p.is_floating_point()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.embedding.parameters()).device
-
-    def representation_blocks(self) -> list[tuple[str, nn.Module]]:
-        """Shared representation modules ordered by depth: embedding, interactions.0, interactions.1..."""
-        return [("embedding", self.embedding)] + [(f"interactions.{k}", b) for k, b in enumerate(self.interactions)]
-
-    def interaction_blocks(self) -> list[nn.Module]:
-        """Every message-passing block: the shared ones, then each head's own."""
-        return list(self.interactions) + [b for h in self.heads.values() for b in getattr(h, "blocks", ())]
-
-    def parameters_before(self, block: int) -> list[nn.Parameter]:
-        """Representation parameters before interaction block ``block`` (0-based); see MLFF."""
-        if not 0 <= block <= len(self.interactions):
-            raise ValueError(f"block must be in [0, {len(self.interactions)}], got {block}")
-        params = list(self.embedding.parameters())
-        for b in self.interactions[:block]:
-            params.extend(b.parameters())
-        return params
-
-    def representation_parameters(self) -> list[nn.Parameter]:
-        return self.parameters_before(len(self.interactions))
-
-    def named_parameter_groups(self) -> Iterator[tuple[str, list[nn.Parameter]]]:
-        """(group, parameters) for the representation blocks and each head, in depth order."""
-        for name, module in self.representation_blocks():
-            yield name, list(module.parameters())
-        for name, h in self.heads.items():
-            yield f"heads.{self.heads.key_of(name)}", list(h.parameters())
-
-    def weights_token(self) -> tuple:
-        """Changes whenever any weight, buffer, E0, dtype or device changes (calculator cache key)."""
-        if self._token_tensors is None:
-            tensors = [*self.parameters(), *self.buffers()]
-            self._token_tensors = (tensors, [t for t in tensors if t.is_floating_point()])
-        tensors, floats = self._token_tensors
-        with torch.no_grad():
-            checksum = tuple(torch.stack(torch._foreach_norm(floats)).tolist()) if floats else ()
-        return (
-            tuple((id(t), t._version) for t in tensors),
-            checksum,
-            tuple((n, tuple(h.e0)) for n, h in self.heads.items()),
-            self.dtype,
-            self.device,
-        )
+    ``save`` writes an ase-adapt checkpoint that also records the base model's identity;
+    ``ase_adapt.load_model(path)`` rebuilds the adapter from that base model (``config["source"]``,
+    which must be available offline) and loads every weight strictly.
+    """
 
     def head_spec(self, name: str) -> dict:
         """What kind of head ``name`` is (JSON), enough to rebuild it before its weights load."""
         raise NotImplementedError
 
-    def save(self, path):
-        """Save as an ase-adapt checkpoint (weights, heads, E0s, statistics, the base model's identity).
-
-        ``ase_adapt.load_model(path)`` rebuilds the adapter from the base model named in the
-        config (``source``; it must be available offline) and loads every weight strictly.
-        """
-        from .serialize import save_model
-
-        return save_model(self, path)
-
-    # ------------------------------------------------------------------ compute
-    def species(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers -> species indices; raises on elements the model does not know."""
-        if numbers.numel() and (numbers.min() < 0 or numbers.max() > 118):
-            raise UnknownElementError(f"invalid atomic numbers in {numbers.unique().tolist()}")
-        species = self.z_to_index[numbers]
-        if numbers.numel() and bool((species < 0).any()):
-            bad = numbers[species < 0].unique().tolist()
-            raise UnknownElementError(f"elements {bad} are not among the model's {len(self.elements)} elements")
-        return species
-
-    def interacting_atoms(self, graph: AtomicGraph) -> torch.Tensor:
-        """[N] bool: atoms that are the centre of at least one edge (the others return their E0)."""
-        flags = torch.zeros(graph.num_nodes, dtype=torch.bool, device=graph.positions.device)
-        flags[graph.edge_index[0]] = True
-        return flags
-
-    def _shared(self, graph: AtomicGraph, species: torch.Tensor, positions: torch.Tensor,
-                cell: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """(features of the graph's atoms followed by virtual isolated atoms, context for the heads)."""
-        raise NotImplementedError
-
-    def _head_energy(self, head: nn.Module, h: torch.Tensor, context: object, species: torch.Tensor,
-                     n: int) -> torch.Tensor:
-        """[n] per-atom interaction energy (model dtype, no E0) of ``head``; zero for an isolated atom."""
-        raise NotImplementedError
-
-    def forward(self, graph: AtomicGraph, head: str | Sequence[str] = K.MAIN_HEAD, *, compute_forces: bool = True,
-                compute_stress: bool | None = None, create_graph: bool = False) -> dict:
-        """Evaluate one head (a result dict) or several ({head: result dict}); see :meth:`MLFF.forward`."""
-        names = [head] if isinstance(head, str) else list(head)
-        for n in names:
-            if n not in self.heads:
-                raise KeyError(f"model has no head {n!r}; heads: {self.head_names}")
-        if compute_stress is None:
-            compute_stress = compute_forces and graph.periodic_3d
-        if compute_stress and not graph.periodic_3d:
-            raise ValueError("stress is defined only for structures periodic in all 3 directions")
-        if graph.positions.dtype != self.dtype or graph.positions.device != self.device:
-            graph = graph.to(self.device, self.dtype)
-        grad_mode = torch.enable_grad() if (compute_forces or create_graph) else torch.no_grad()
-        with grad_mode:
-            pos, cell, inputs = _strained(graph, compute_forces, compute_stress)
-            species = self.species(graph.numbers)
-            h, context = self._shared(graph, species, pos, cell)
-            interacting = self.interacting_atoms(graph)
-            results = {}
-            for k, name in enumerate(names):
-                hd = self.heads[name]
-                node_int = self._head_energy(hd, h, context, species, graph.num_nodes)
-                node_int = torch.where(interacting, node_int, torch.zeros_like(node_int))
-                out = _energy_results(graph, hd, node_int, species, inputs, compute_forces, compute_stress,
-                                      create_graph, retain=create_graph or k < len(names) - 1)
-                results[name] = out
-        return results[names[0]] if isinstance(head, str) else results
-
-
-def _strained(graph: AtomicGraph, forces: bool, stress: bool):
-    """(positions, cell, autograd inputs): positions require grad, a symmetric strain deforms both."""
-    pos, cell, inputs = graph.positions, graph.cell, []
-    if forces:
-        pos = pos.detach().requires_grad_(True)
-        inputs.append(pos)
-    if stress:
-        strain = torch.zeros_like(cell, requires_grad=True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        pos = pos + torch.einsum("ni,nij->nj", pos, sym[graph.batch])
-        cell = cell + torch.bmm(cell, sym)
-        inputs.append(strain)
-    return pos, cell, inputs
-
-
-def _energy_results(graph: AtomicGraph, head: nn.Module, node_int: torch.Tensor, species: torch.Tensor,
-                    inputs: list, forces: bool, stress: bool, create_graph: bool, retain: bool) -> dict:
-    """Result dict of one head: float64 energies with E0, forces and stress by autograd."""
-    e_int = scatter_sum(node_int, graph.batch, graph.num_graphs)
-    node_e = node_int.to(torch.float64) + head.e0_table(node_int.device)[species]
-    out = {K.NODE_ENERGY: node_e, K.ENERGY: scatter_sum(node_e, graph.batch, graph.num_graphs)}
-    if inputs:
-        grads = torch.autograd.grad(e_int.sum(), inputs, create_graph=create_graph, retain_graph=retain,
-                                    allow_unused=True)
-        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
-        if forces:
-            out[K.FORCES] = -grads[0]
-        if stress:
-            volume = torch.linalg.det(graph.cell).abs()
-            out[K.STRESS] = grads[-1] / volume[:, None, None]
-    if not create_graph:
-        out = {key: v.detach() for key, v in out.items()}
-    return out
