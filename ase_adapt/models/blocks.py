@@ -14,6 +14,8 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
+from .heads import E0Table
+
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Sum rows of ``src`` into ``size`` bins given by ``index`` (deterministic on CPU)."""
@@ -147,7 +149,7 @@ class InteractionBlock(nn.Module):
         return out + h if self.residual else out
 
 
-class EnergyHead(nn.Module):
+class EnergyHead(E0Table, nn.Module):
     """A head: its own interaction blocks (optional), then a readout to per-atom energies.
 
     E_i = E0[s_i] + scale[s_i] * (MLP(g_i) - MLP(g_iso[s_i])),   g = blocks(h)
@@ -177,19 +179,7 @@ class EnergyHead(nn.Module):
         self.irreps_out = o3.Irreps("0e")
         self.mlp = FullyConnectedNet([irreps.dim, hidden, 1], torch.nn.functional.silu)
         self.register_buffer("scale", torch.ones(num_species, dtype=torch.get_default_dtype()))
-        self.e0 = [0.0] * num_species
-        self._e0_cache: dict[torch.device, torch.Tensor] = {}
-
-    def set_e0(self, e0: list[float]) -> None:
-        if len(e0) != self.scale.shape[0]:
-            raise ValueError(f"expected {self.scale.shape[0]} E0 values, got {len(e0)}")
-        self.e0 = [float(x) for x in e0]
-        self._e0_cache.clear()
-
-    def e0_table(self, device: torch.device) -> torch.Tensor:
-        if device not in self._e0_cache:
-            self._e0_cache[device] = torch.tensor(self.e0, dtype=torch.float64, device=device)
-        return self._e0_cache[device]
+        self._init_e0(num_species)
 
     def features(self, h: torch.Tensor, node_attrs: torch.Tensor, edge_sh: torch.Tensor,
                  edge_radial: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:

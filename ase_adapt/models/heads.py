@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from typing import Iterator, Mapping
 
+import torch
 from torch import nn
 
-__all__ = ["HeadDict", "head_key"]
+__all__ = ["HeadDict", "head_key", "E0Table"]
 
 _NOT_IDENTIFIER = re.compile(r"[^0-9A-Za-z_]")
 
@@ -107,3 +108,26 @@ def _rename_legacy_keys(heads: HeadDict, state_dict, prefix, *_args) -> None:
     for old, new in heads.legacy_keys(prefix, list(state_dict)).items():
         if new not in state_dict:
             state_dict[new] = state_dict.pop(old)
+
+
+class E0Table:
+    """A head's per-species reference energies (E0): float64, outside the state dict.
+
+    The checkpoint's JSON header holds them, so a float32 model never rounds them. Every head type
+    (built-in, SevenNet, MACE) mixes this in and calls ``_init_e0(num_species)`` in ``__init__``.
+    """
+
+    def _init_e0(self, num_species: int) -> None:
+        self.e0 = [0.0] * int(num_species)
+        self._e0_cache: dict[torch.device, torch.Tensor] = {}
+
+    def set_e0(self, e0: list[float]) -> None:
+        if len(e0) != len(self.e0):
+            raise ValueError(f"expected {len(self.e0)} E0 values, got {len(e0)}")
+        self.e0 = [float(x) for x in e0]
+        self._e0_cache.clear()
+
+    def e0_table(self, device: torch.device) -> torch.Tensor:
+        if device not in self._e0_cache:
+            self._e0_cache[device] = torch.tensor(self.e0, dtype=torch.float64, device=device)
+        return self._e0_cache[device]

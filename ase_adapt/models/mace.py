@@ -38,14 +38,13 @@ than ``r_max`` is refused.
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from e3nn import o3
 from torch import nn
 
-from .blocks import EnergyHead
 from .foreign import ForeignModel
+from .heads import E0Table
 
 __all__ = ["MaceHead", "MaceLayer", "MaceModel", "SUPPORTED_CLASSES"]
 
@@ -69,7 +68,7 @@ class MaceLayer(nn.Module):
         return self.product(node_feats=h, sc=sc, node_attrs=node_attrs)
 
 
-class MaceHead(nn.Module):
+class MaceHead(E0Table, nn.Module):
     """One head of a MACE model: per-layer readouts, optional ZBL pair term, scale/shift, E0s.
 
     ``head_index`` selects the readout column (and the scale, shift and atomic energies) of the
@@ -84,19 +83,7 @@ class MaceHead(nn.Module):
         self.pair_repulsion = pair
         self.head_index = int(head_index)
         self.num_species = int(num_species)
-        self.e0 = [0.0] * self.num_species
-        self._e0_cache: dict[torch.device, torch.Tensor] = {}
-
-    def set_e0(self, e0: list[float]) -> None:
-        if len(e0) != self.num_species:
-            raise ValueError(f"expected {self.num_species} E0 values, got {len(e0)}")
-        self.e0 = [float(x) for x in e0]
-        self._e0_cache.clear()
-
-    def e0_table(self, device: torch.device) -> torch.Tensor:
-        if device not in self._e0_cache:
-            self._e0_cache[device] = torch.tensor(self.e0, dtype=torch.float64, device=device)
-        return self._e0_cache[device]
+        self._init_e0(self.num_species)
 
     def pair_energy(self, lengths: torch.Tensor, node_attrs: torch.Tensor, edge_index: torch.Tensor,
                     atomic_numbers: torch.Tensor) -> torch.Tensor | None:
@@ -128,6 +115,9 @@ class MaceModel(ForeignModel):
     :func:`~ase_adapt.models.mace_io.choose_head` for the default).
     """
 
+    native_head = MaceHead
+    native_head_type = "mace"
+
     def __init__(self, mace_model: nn.Module, *, head: str, config: dict | None = None) -> None:
         check_supported(mace_model)
         heads = list(getattr(mace_model, "heads", None) or ["Default"])
@@ -156,42 +146,6 @@ class MaceModel(ForeignModel):
         self.refresh_e0()
 
     # ------------------------------------------------------------------ heads
-    def check_head(self, name: str, head: nn.Module) -> None:
-        if isinstance(head, EnergyHead):
-            if len(head.blocks):
-                raise ValueError(f"head {name!r}: an EnergyHead on a MACE model cannot own built-in interaction "
-                                 "blocks; use new_head(name, copy_main=True) for a copy of MACE's readouts")
-            if head.irreps_in != self.irreps_features:
-                raise ValueError(f"head {name!r} expects {head.irreps_in}, features are {self.irreps_features}")
-        elif not isinstance(head, MaceHead):
-            raise TypeError(f"head {name!r}: expected an EnergyHead or MaceHead, got {type(head).__name__}")
-        if len(head.e0) != len(self.elements):
-            raise ValueError(f"head {name!r} has {len(head.e0)} E0s for {len(self.elements)} elements")
-
-    def head_spec(self, name: str) -> dict:
-        """``{"type": "mace"}`` (a copy of the main head) or ``{"type": "mlp", "hidden": n}``."""
-        head = self.heads[name]
-        if isinstance(head, MaceHead):
-            return {"type": "mace"}
-        return {"type": "mlp", "hidden": int(head.mlp.hs[1])}
-
-    def new_head(self, name: str, *, copy_main: bool = False, hidden: int = 16, seed: int = 0) -> nn.Module:
-        """Create and attach a head named ``name`` (same dtype and device as the model).
-
-        Default: an untrained :class:`EnergyHead` MLP (``hidden`` neurons) on the concatenated
-        scalar features of all layers, E0s zero. ``copy_main=True``: a copy of the main head
-        (MACE's readouts, scale/shift and E0s).
-        """
-        if copy_main:
-            head = copy.deepcopy(self.heads["main"])
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                head = EnergyHead(self.irreps_features, len(self.elements), hidden)
-        head = head.to(device=self.device, dtype=self.dtype)
-        self.add_head(name, head)
-        return head
-
     # ------------------------------------------------------------------ compute
     def _edges(self, vectors: torch.Tensor, node_attrs: torch.Tensor, edge_index: torch.Tensor,
                graph_cutoff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:

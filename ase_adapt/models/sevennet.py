@@ -37,15 +37,14 @@ own one-hot module always makes float32), so the adapter also runs in float64.
 
 from __future__ import annotations
 
-import copy
 import re
 
 import torch
 from e3nn import o3
 from torch import nn
 
-from .blocks import EnergyHead
 from .foreign import ForeignModel
+from .heads import E0Table
 
 __all__ = ["SevenNetHead", "SevenNetModel"]
 
@@ -72,7 +71,7 @@ def _run(modules, data: dict) -> dict:
     return data
 
 
-class SevenNetHead(nn.Module):
+class SevenNetHead(E0Table, nn.Module):
     """A SevenNet-style head: its own interaction blocks (optional), the readout and scale/shift.
 
     ``interaction_energy(h, h_iso, species)`` is ``atomic(h_i) - atomic(h_iso[s_i])`` where
@@ -91,24 +90,12 @@ class SevenNetHead(nn.Module):
         self.num_species = int(num_species)
         self.modal = modal
         self.num_modalities = int(num_modalities)
-        self.e0 = [0.0] * self.num_species
-        self._e0_cache: dict[torch.device, torch.Tensor] = {}
+        self._init_e0(self.num_species)
 
     @property
     def scale(self) -> torch.Tensor:
         """SevenNet's per-species energy scale (a frozen parameter)."""
         return self.rescale.scale
-
-    def set_e0(self, e0: list[float]) -> None:
-        if len(e0) != self.num_species:
-            raise ValueError(f"expected {self.num_species} E0 values, got {len(e0)}")
-        self.e0 = [float(x) for x in e0]
-        self._e0_cache.clear()
-
-    def e0_table(self, device: torch.device) -> torch.Tensor:
-        if device not in self._e0_cache:
-            self._e0_cache[device] = torch.tensor(self.e0, dtype=torch.float64, device=device)
-        return self._e0_cache[device]
 
     def features(self, h: torch.Tensor, context: dict) -> torch.Tensor:
         """The head's own blocks on the shared features (identity without blocks)."""
@@ -152,6 +139,9 @@ class SevenNetModel(ForeignModel):
     multi-fidelity model (``config["modal"]`` holds its name).
     """
 
+    native_head = SevenNetHead
+    native_head_type = "sevennet"
+
     def __init__(self, sequential: nn.Module, *, shared_blocks: int | None = None, modal: str | None = None,
                  config: dict | None = None) -> None:
         type_map = dict(sequential.type_map)
@@ -177,45 +167,6 @@ class SevenNetModel(ForeignModel):
         main.set_e0(self.isolated_energies(main))
 
     # ------------------------------------------------------------------ heads
-    def check_head(self, name: str, head: nn.Module) -> None:
-        if isinstance(head, EnergyHead):
-            if len(head.blocks):
-                raise ValueError(f"head {name!r}: an EnergyHead on a SevenNet model cannot own built-in "
-                                 "interaction blocks; use new_head(name, copy_main=True) for a deep head")
-        elif not isinstance(head, SevenNetHead):
-            raise TypeError(f"head {name!r}: expected an EnergyHead or SevenNetHead, got {type(head).__name__}")
-        if head.irreps_in != self.irreps_features:
-            raise ValueError(f"head {name!r} expects {head.irreps_in}, features are {self.irreps_features}")
-        if len(head.e0) != len(self.elements):
-            raise ValueError(f"head {name!r} has {len(head.e0)} E0s for {len(self.elements)} elements")
-
-    def head_spec(self, name: str) -> dict:
-        """``{"type": "sevennet"}`` (a copy of the main head's architecture) or ``{"type": "mlp", "hidden": n}``."""
-        head = self.heads[name]
-        if isinstance(head, SevenNetHead):
-            return {"type": "sevennet"}
-        return {"type": "mlp", "hidden": int(head.mlp.hs[1])}
-
-    def new_head(self, name: str, *, copy_main: bool = False, hidden: int = 16, seed: int = 0) -> nn.Module:
-        """Create and attach a head named ``name`` (same dtype and device as the model).
-
-        Default: an untrained :class:`EnergyHead` MLP (``hidden`` neurons) on the scalar features,
-        E0s zero. ``copy_main=True``: a copy of the main head (its own blocks, readout, scale/shift
-        and E0s), the start for a head that follows a prior whose energies resemble the model's.
-        """
-        if copy_main:
-            head = copy.deepcopy(self.heads["main"])
-        else:
-            if self.irreps_features.lmax != 0:
-                raise ValueError(f"the features ({self.irreps_features}) are not all scalars: use copy_main=True, "
-                                 "or load the model with shared_blocks equal to its number of blocks")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                head = EnergyHead(self.irreps_features, len(self.elements), hidden)
-        head = head.to(device=self.device, dtype=self.dtype)
-        self.add_head(name, head)
-        return head
-
     # ------------------------------------------------------------------ compute
     def _context(self, vectors: torch.Tensor, edge_index: torch.Tensor, types: torch.Tensor,
                  batch: torch.Tensor, graph_cutoff: float) -> dict:
