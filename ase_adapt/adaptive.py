@@ -105,6 +105,11 @@ class AdaptiveCalculator(MLFFCalculator):
             if prior is None:
                 raise ValueError("test-time training needs a prior (prior='gfn-ff', 'sgdml:PATH', ...) or ttt=False")
             prior_head = prior_head_for(self.model, prior, prior_head)
+        elif prior is not None:  # no TTT: the head only selects the force-norm detector's statistics
+            try:
+                prior_head = prior_head_for(self.model, prior, prior_head)
+            except ValueError:  # no head learnt this prior: that detector reports "no statistics"
+                prior_head = None
         self.settings = AdaptSettings(detectors=detectors, radius=radius_refinement, ttt=ttt_settings, when=when,
                                       prior_head=prior_head, unknown_elements=unknown_elements)
         self.stats = dict(self.model.training_stats or {})

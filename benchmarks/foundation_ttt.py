@@ -60,13 +60,14 @@ def prepared_model(n_frames: int, epochs: int, out: Path):
     return load_model(str(out))
 
 
-def evaluate(model, mol: str, n_frames: int, ttt_settings) -> dict[str, Any]:
+def evaluate(model, mol: str, n_frames: int, ttt_settings, configs=tuple(CONFIGS)) -> dict[str, Any]:
     from ase_adapt.evaluate import EvaluateSettings, evaluate_frames
     from ase_adapt.train.data import read_frames
 
     frames = read_frames(BENCH_DIR / "data" / f"{mol}.xyz")[:n_frames]
     out = {}
-    for name, flags in CONFIGS.items():
+    for name in configs:
+        flags = CONFIGS[name]
         s = EvaluateSettings(prior="gfn-ff", ttt_settings=ttt_settings, unknown_elements="error", **flags)
         t0 = time.perf_counter()
         r = evaluate_frames(model, frames, s)
@@ -132,6 +133,8 @@ def main() -> int:
     ap.add_argument("--molecules", nargs="+", choices=VALIDATION, help="a subset of the validation molecules")
     ap.add_argument("--speed-only", action="store_true", help="re-time the MD steps only (on a quiet machine) and "
                     "update the existing result file")
+    ap.add_argument("--verdicts-only", action="store_true", help="re-run only the base configuration (the "
+                    "detectors' verdicts) and update the existing result file")
     args = ap.parse_args()
     import torch
 
@@ -155,6 +158,16 @@ def main() -> int:
         record["speed"], record["speed_machine"] = speed(model, sizes["speed_steps"]), machine_info()
         write_json_atomic(path, record)
         print(record["speed"])
+        return 0
+    if args.verdicts_only:
+        import json
+
+        record = json.loads(path.read_text())
+        for m in molecules:
+            base = evaluate(model, m, sizes["eval_frames"], ttt, configs=("base",))["base"]
+            record["results"][m]["base"] = base
+        record["verdicts_machine"] = machine_info()
+        write_json_atomic(path, record)
         return 0
     results = {m: _cached_json(BENCH_DIR / "data" / "foundation" / f"{'quick' if q else 'full'}_{m}.json",
                                lambda m=m: evaluate(model, m, sizes["eval_frames"], ttt)) for m in molecules}

@@ -292,3 +292,15 @@ def test_every_check_has_a_typed_kind(ready, tmp_path):
     never.get_potential_energy(atoms.copy())
     assert never.events[-1]["kind"] == EventKind.NOT_ADAPTED.value
     assert [json.loads(line)["kind"] for line in log.read_text().splitlines()] == [e["kind"] for e in calc.events]
+
+
+def test_force_norm_detector_uses_the_priors_head_without_ttt():
+    """Detection alone (no TTT) still reads the statistics of the prior's own head, prior:gfn-ff."""
+    import ase_adapt
+
+    atoms = molecule("CH3CH2OH")
+    for ttt in (False, True):
+        calc = AdaptiveCalculator(ase_adapt.load_model("default"), "gfn-ff", ttt=ttt, adapt_when="never")
+        force_norm = calc.check(atoms.copy()).detectors["force_norm"]
+        assert force_norm.score is not None, force_norm.detail
+        assert "vs training 1.83" in force_norm.detail  # prior:gfn-ff's mean |F|, not another head's
