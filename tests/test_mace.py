@@ -358,3 +358,17 @@ def test_prepare_saves_a_checkpoint_that_loads_back(files, tmp_path):
     assert torch.equal(loaded(g, "main")["forces"], base(g, "main")["forces"])  # the main head is the base model
     for name in loaded.head_names:
         assert torch.equal(loaded(g, name)["energy"], result.model(g, name)["energy"])
+
+
+def test_a_model_given_by_a_relative_path_reloads_from_elsewhere(files, tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "sub").mkdir()
+    shutil.copy(files["single"], tmp_path / "sub" / "x.model")
+    monkeypatch.chdir(tmp_path / "sub")
+    m = ase_adapt.load_model("mace:x.model")
+    m.new_head("prior:emt", hidden=8)
+    m.save(tmp_path / "prepared.safetensors")
+    monkeypatch.chdir(tmp_path)  # the relative path no longer names the file
+    loaded = ase_adapt.load_model(str(tmp_path / "prepared.safetensors"))
+    assert loaded.head_names == m.head_names

@@ -122,6 +122,19 @@ def test_multi_fidelity_modal_matches_sevennet_calculator():
     _compare(atoms, MLFFCalculator(mf), _sevenn_calc("7net-mf-0", modal="R2SCAN"), stress=True)
 
 
+def test_multi_fidelity_batches_like_single_structures():
+    """A batched graph (training, prepare, TTT) gives each structure its own result, as alone."""
+    from ase_adapt.graph import build_graph
+
+    mf = ase_adapt.load_model("sevennet:7net-mf-0@PBE")
+    cells = [_nacl8(), bulk("Si", "diamond", a=5.43)]
+    batched = mf(build_graph(cells, mf.cutoff), "main")
+    alone = [mf(build_graph(a, mf.cutoff), "main") for a in cells]
+    np.testing.assert_allclose(batched["energy"].numpy(), [r["energy"].item() for r in alone], rtol=1e-6)
+    np.testing.assert_allclose(batched["forces"].numpy(), np.concatenate([r["forces"].numpy() for r in alone]),
+                               atol=1e-5)
+
+
 def test_float64_agrees_with_float32(model):
     m64 = ase_adapt.load_model("sevennet:7net-0", dtype="float64")
     assert m64.dtype == torch.float64

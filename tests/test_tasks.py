@@ -88,3 +88,38 @@ def test_a_failing_task_is_named_and_the_finished_ones_are_kept(tmp_path):
     with pytest.raises(RuntimeError, match="task t2 failed.*bad input two"):
         run_tasks(fails_on_two, tasks, tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["t0.json", "t1.json"]
+
+
+def test_a_model_file_is_known_by_its_content(make_model, tmp_path):
+    """A checkpoint retrained in place is a new model: its old results are refused, not reused."""
+    path = tmp_path / "m.safetensors"
+    make_model(dtype="float64", seed=1).save(path)
+    s = ScreenSettings(compositions=("CO2",), structures=1, cycles=0, steps=2, max_atoms=3, progress=False)
+    first = run_screen(str(path), s, tmp_path / "out")
+    assert run_screen(str(path), s, tmp_path / "out")["reused"] == 1  # the same file: reused
+    make_model(dtype="float64", seed=2).save(path)  # retrained in place
+    with pytest.raises(ValueError, match="other settings"):
+        run_screen(str(path), s, tmp_path / "out")
+    fresh = run_screen(str(path), s, tmp_path / "fresh")  # and a fresh run really uses the new weights
+    assert fresh["structures"][0]["energy_per_atom"] != first["structures"][0]["energy_per_atom"]
+
+
+def test_factories_need_a_stable_name():
+    import functools
+
+    from ase.calculators.emt import EMT
+
+    from ase_adapt.workflows.tasks import fingerprint
+
+    here = fingerprint({"c": functools.partial(EMT, asap_cutoff=True)})
+    code = ("import functools; from ase.calculators.emt import EMT; from ase_adapt.workflows.tasks import fingerprint; "
+            "print(fingerprint({'c': functools.partial(EMT, asap_cutoff=True)}))")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert here == there and here != fingerprint({"c": EMT})  # stable across processes, and not any EMT
+
+    def local():
+        return EMT()
+
+    for bad in (lambda: EMT(), local):
+        with pytest.raises(ValueError, match="module-level"):
+            fingerprint({"c": bad})

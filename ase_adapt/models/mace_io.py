@@ -109,7 +109,7 @@ def load_mace(
     module = read_mace_file(path)
     available = list(getattr(module, "heads", None) or ["Default"])
     chosen = choose_head(available, head, what=str(path))
-    config = {"kind": "mace", "source": f"mace:{spec}", "model_file": str(path.resolve()),
+    config = {"kind": "mace", "source": f"mace:{path.resolve()}", "model_file": str(path.resolve()),
               "mace_version": version}
     model = MaceModel(module, head=chosen, config=config)
     if dtype is not None:

@@ -110,9 +110,9 @@ class SevenNetHead(E0Table, nn.Module):
     def atomic_energy(self, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """SevenNet's per-atom energy (readout, scale and shift) of features ``h`` of ``species``."""
         KEY = _keys()
-        data = {KEY.NODE_FEATURE: h, KEY.ATOM_TYPE: species,
-                KEY.BATCH: torch.zeros_like(species)}
-        data.update(modal_inputs(self.modal, self.num_modalities, h.device))
+        batch = torch.zeros_like(species)  # per-atom energies: one modal row serves every atom
+        data = {KEY.NODE_FEATURE: h, KEY.ATOM_TYPE: species, KEY.BATCH: batch}
+        data.update(modal_inputs(self.modal, self.num_modalities, batch))
         data = _run(self.readout, data)
         data = self.rescale(data)
         return data[KEY.ATOMIC_ENERGY].squeeze(-1)
@@ -122,12 +122,14 @@ class SevenNetHead(E0Table, nn.Module):
         return self.atomic_energy(h, species) - self.atomic_energy(h_iso, everyone)[species]
 
 
-def modal_inputs(modal: int | None, num_modalities: int, device: torch.device) -> dict:
-    """SevenNet's modality inputs for one modal index shared by every structure (batch index 0)."""
+def modal_inputs(modal: int | None, num_modalities: int, batch: torch.Tensor) -> dict:
+    """SevenNet's modality inputs: the one modal index, repeated for every structure of ``batch``
+    (sevenn indexes the per-structure rows by each atom's batch index)."""
     if modal is None:
         return {}
     KEY = _keys()
-    index = torch.tensor([modal], dtype=torch.int64, device=device)
+    n_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    index = torch.full((n_graphs,), modal, dtype=torch.int64, device=batch.device)
     return {KEY.MODAL_TYPE: index, KEY.MODAL_ATTR: nn.functional.one_hot(index, num_modalities)}
 
 
@@ -184,7 +186,7 @@ class SevenNetModel(ForeignModel):
             KEY.EDGE_ATTR: edge.spherical(vectors),
             KEY.NODE_FEATURE: onehot, KEY.NODE_ATTR: onehot, KEY.ATOM_TYPE: types, KEY.BATCH: batch,
         }
-        data.update(modal_inputs(self.modal, self.num_modalities, vectors.device))
+        data.update(modal_inputs(self.modal, self.num_modalities, batch))
         return data
 
     def _shared(self, graph, species, positions, cell):

@@ -138,7 +138,9 @@ def load_sevennet(
         warnings.filterwarnings("ignore", message=".*accelerator.*")
         sequential = checkpoint.build_model()
     modal = _check_modal(sequential.modal_map, modal, spec)
-    config = {"kind": "sevennet", "source": f"sevennet:{spec}", "checkpoint": str(path),
+    # a file is recorded by its absolute path, so a prepared checkpoint reloads from any directory
+    source = f"sevennet:{Path(spec).resolve()}" if os.path.isfile(spec) else f"sevennet:{spec}"
+    config = {"kind": "sevennet", "source": source, "checkpoint": str(path),
               "sevenn_version": sevenn.__version__, "model_version": checkpoint.config.get("version"),
               "parity": bool(checkpoint.config.get("is_parity", True))}  # False: SO(3), mirror images differ
     model = SevenNetModel(sequential, shared_blocks=shared_blocks, modal=modal, config=config)

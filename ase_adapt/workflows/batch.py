@@ -1,6 +1,6 @@
 """``ase-adapt evaluate`` over many molecules: one task per file, serially or on Dask.
 
-Each file's frames travel with its task as extxyz text (workers need no shared file system) and
+Each file's frames travel with its task as extxyz text (workers need not see the data files) and
 its result is kept in ``out/tasks/<name>.json``; a re-run skips the files already done. The model
 travels as a checkpoint path or bytes (:class:`~ase_adapt.workflows.tasks.ModelSource`), and each
 task adapts its own private copy (one TTT per molecule), so the order of the tasks and the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +30,7 @@ def evaluate_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     from ..evaluate import evaluate_frames
 
-    model = load_source(ModelSource(spec=payload["model_spec"], data=payload["model_data"]))
+    model = load_source(ModelSource(**payload["model"]))
     frames = read(io.StringIO(payload["frames"]), index=":", format="extxyz")
     result = evaluate_frames(model, frames, payload["settings"])
     result["data"] = payload["name"]
@@ -50,12 +51,12 @@ def evaluate_files(model: Any, paths: Sequence[str | Path], settings: Any, out: 
                    scheduler: str | None = None, n_workers: int = 2, progress: bool = True) -> dict[str, Any]:
     """:func:`~ase_adapt.evaluate.evaluate_frames` on every file; writes ``out/evaluate.json`` and returns it."""
     out = Path(out)
-    source = ModelSource.of(model)
+    source = ModelSource.of(model, ship=scheduler not in (None, "local"))
     names = [re.sub(r"[^0-9A-Za-z_.-]", "_", Path(p).stem) or "data" for p in paths]
     if len(set(names)) != len(names):
         raise ValueError(f"two data files share a name: {names}; give each molecule its own file name")
     tasks = [Task(n, {"name": str(p), "frames": _extxyz_text(Path(p)), "settings": settings,
-                      "model_spec": source.spec, "model_data": source.data}) for n, p in zip(names, paths)]
+                      "model": asdict(source)}) for n, p in zip(names, paths)]
     run = run_tasks(evaluate_task, tasks, out / "tasks", scheduler=scheduler, n_workers=n_workers,
                     progress=progress, desc="evaluate")
     summary = {"model": source.identity(), "executor": run.executor, "computed": len(run.computed),

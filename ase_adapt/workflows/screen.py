@@ -214,7 +214,7 @@ def _calculator(payload: dict[str, Any]):
         return factory()
     from .. import AdaptiveCalculator, MLFFCalculator
 
-    model = load_source(ModelSource(spec=payload.get("model_spec"), data=payload.get("model_data")))
+    model = load_source(ModelSource(**payload["model"]))
     if payload.get("prior"):
         return AdaptiveCalculator(model, payload["prior"], unknown_elements=payload["unknown_elements"])
     return MLFFCalculator(model, unknown_elements=payload["unknown_elements"])
@@ -245,8 +245,8 @@ def run_screen(model: Any, settings: ScreenSettings, out: str | Path = "screen-o
         base["calculator"] = calculator
         identity = f"{getattr(calculator, '__module__', '')}.{getattr(calculator, '__qualname__', calculator)}"
     else:
-        source = ModelSource.of(model)
-        base.update(model_spec=source.spec, model_data=source.data)
+        source = ModelSource.of(model, ship=scheduler not in (None, "local"))
+        base["model"] = asdict(source)
         identity = source.identity()
         _check_elements(load_source(source), comps, unknown_elements)
     tasks = [Task(f"{c}-{i:04d}", {**base, "composition": c, "index": i, "start": start}) for c, i, start in jobs]

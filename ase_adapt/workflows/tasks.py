@@ -16,14 +16,15 @@ Dask is optional (``pip install "ase-adapt[dask]"``): ``scheduler="local"`` star
 ``distributed.LocalCluster`` of ``n_workers`` single-threaded worker processes; any other string
 is the address of a running scheduler (``tcp://host:8786``), for example one started by
 dask-jobqueue on a SLURM/PBS cluster or by the Dask Kubernetes operator (docs/workflows.md).
-Payloads must be plain data: models travel as checkpoint paths or bytes (:class:`ModelSource`),
-never as pickled modules, and the result files are written by the driver, so workers need no
-shared file system.
+Payloads must be plain data: models travel as names, paths with their content hash, or checkpoint
+bytes (:class:`ModelSource`; bytes for in-memory models and, with a remote scheduler, for
+ase-adapt checkpoint files), never as pickled modules. The result files are written by the driver.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -62,8 +63,13 @@ def fingerprint(payload: Any) -> str:
     h = hashlib.sha256()
 
     def feed(x: Any) -> None:
-        if callable(x):  # a calculator factory: by name (its address changes from run to run)
-            h.update(f"F{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', repr(x))}".encode())
+        if isinstance(x, functools.partial):
+            h.update(b"P")
+            feed(x.func)
+            feed(list(x.args))
+            feed(dict(x.keywords))
+        elif callable(x):  # a calculator factory: by its importable name (its address changes between runs)
+            h.update(f"F{_importable_name(x)}".encode())
         elif isinstance(x, (bytes, bytearray)):
             h.update(b"B" + hashlib.sha256(x).digest())
         elif isinstance(x, dict):
@@ -82,20 +88,59 @@ def fingerprint(payload: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _importable_name(fn: Any) -> str:
+    """``module.qualname`` of a module-level function or class; anything else has no stable identity."""
+    qual, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
+    if not qual or not module or "<lambda>" in qual or "<locals>" in qual:
+        raise ValueError(f"a calculator factory must be a module-level function or class (or a functools.partial "
+                         f"of one), so that its results can be recognised in a later run; got {fn!r}")
+    return f"{module}.{qual}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _spec_file(spec: str) -> Path | None:
+    """The file a model spec names (``PATH``, ``mace:PATH[@HEAD]``, ``sevennet:PATH[@MODAL]``), if it is one."""
+    body = spec.split(":", 1)[1].rsplit("@", 1)[0] if spec.startswith(("mace:", "sevennet:")) else spec
+    path = Path(body)
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """A model as it travels to a worker: a checkpoint path or built-in name, or checkpoint bytes."""
+    """A model as it travels to a worker: a name or path (with the file's content hash), or checkpoint bytes.
+
+    A model file is identified by its content, not its path: a checkpoint retrained in place is a
+    new model, whose results are never mixed with the old one's.
+    """
 
     spec: str | None = None
     data: bytes | None = None
+    digest: str | None = None  # content hash of the file ``spec`` names
 
     @classmethod
-    def of(cls, model: Any) -> "ModelSource":
-        """From a path/name (kept as is) or an in-memory model (saved to checkpoint bytes)."""
-        if isinstance(model, (str, Path)):
-            return cls(spec=str(model))
+    def of(cls, model: Any, ship: bool = False) -> "ModelSource":
+        """From a path or name, or an in-memory model (saved to checkpoint bytes).
+
+        ``ship``: send an ase-adapt checkpoint file's bytes rather than its path, for workers that do
+        not share this file system. Names (``default``, ``sevennet:7net-0``) and foreign model files
+        (``mace:PATH``) are always sent as they are and must be available on the workers.
+        """
         if isinstance(model, ModelSource):
             return model
+        if isinstance(model, (str, Path)):
+            spec = str(model)
+            path = _spec_file(spec)
+            if path is None:
+                return cls(spec=spec)
+            data = path.read_bytes()
+            if ship and spec == str(path):
+                return cls(data=data)
+            prefix = spec.split(":", 1)[0] + ":" if spec.startswith(("mace:", "sevennet:")) else ""
+            suffix = "@" + spec.rsplit("@", 1)[1] if prefix and "@" in spec.split(":", 1)[1] else ""
+            return cls(spec=f"{prefix}{path.resolve()}{suffix}", digest=_digest(data))
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +148,9 @@ class ModelSource:
             return cls(data=Path(path).read_bytes())
 
     def identity(self) -> str:
-        return self.spec if self.spec is not None else "bytes:" + hashlib.sha256(self.data or b"").hexdigest()[:16]
+        if self.spec is None:
+            return "bytes:" + _digest(self.data or b"")
+        return self.spec + (f"#{self.digest}" if self.digest else "")
 
 
 _MODELS: dict[str, Any] = {}  # per process (driver or worker): loaded once, reused by every task
@@ -116,6 +163,10 @@ def load_source(source: ModelSource) -> Any:
         from ..checkpoint import load_model
 
         if source.data is None:
+            path = _spec_file(source.spec or "")
+            if source.digest and (path is None or _digest(path.read_bytes()) != source.digest):
+                raise ValueError(f"model file of {source.spec!r} is missing here or differs from the driver's "
+                                 "(a worker without the same file system? give the model as bytes)")
             _MODELS[key] = load_model(source.spec)
         else:
             import tempfile
@@ -150,7 +201,7 @@ def _read_done(path: Path, fp: str) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        if record.get("format") != _FORMAT:
+        if not isinstance(record, dict) or record.get("format") != _FORMAT or not isinstance(record.get("result"), dict):
             raise ValueError("not a task result file")
     except ValueError as exc:
         raise ValueError(f"{path}: unreadable task result ({exc}); delete it to recompute the task") from None
@@ -223,10 +274,15 @@ def _run_dask(fn, todo: list[Task], scheduler: str, n_workers: int, finish, bar)
             client = stack.enter_context(Client(scheduler))
         futures = {client.submit(_call, fn, t.payload, key=f"{t.id}-{fingerprint(t.payload)}", pure=False): t
                    for t in todo}
+        saved: set = set()
         try:
             for future in as_completed(futures):
                 finish(futures[future], _failed_as(futures[future], future.result))
+                saved.add(future)
                 bar.update()
         except BaseException:
+            for future, t in futures.items():  # keep what finished meanwhile, then stop the rest
+                if future not in saved and future.status == "finished":
+                    finish(t, future.result())
             client.cancel(list(futures))
             raise
