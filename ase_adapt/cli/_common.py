@@ -110,6 +110,19 @@ def config_values(path: str | None, cls: type, aliases: dict[str, str] | None = 
     return values
 
 
+def settings_values(args: argparse.Namespace, cls: type, options: dict[str, str]) -> dict[str, Any]:
+    """The settings of ``cls``: the ``--config`` file's, then the options given (``options``: option
+    dest -> field name, the YAML keys being either), and ``--quiet`` as ``progress=False``."""
+    values = config_values(args.config, cls, {o: f for o, f in options.items() if o != f})
+    for option, name in options.items():
+        given = getattr(args, option)
+        if given is not None:
+            values[name] = given
+    if getattr(args, "progress", None) is False:
+        values["progress"] = False
+    return values
+
+
 def workflow_calculator(model: Any, prior: str | None, unknown_elements: str = "error"):
     """An AdaptiveCalculator with ``prior``, else a plain MLFFCalculator, on ``model``."""
     from .. import AdaptiveCalculator, MLFFCalculator

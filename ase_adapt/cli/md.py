@@ -20,7 +20,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..workflows.dynamics import Ensemble, MDSettings
-from ._common import add_quiet, add_workflow_args, config_values, workflow_calculator
+from ._common import add_quiet, add_workflow_args, settings_values, workflow_calculator
 
 # option -> MDSettings field (the YAML keys are the option names without dashes, or the field names)
 _OPTIONS = {"ensemble": "ensemble", "steps": "steps", "temperature": "temperature_K", "timestep": "timestep_fs",
@@ -61,13 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> MDCommand:
-    values = config_values(args.config, MDSettings, _OPTIONS)
-    for option, name in _OPTIONS.items():
-        given = getattr(args, option)
-        if given is not None:
-            values[name] = given
-    if args.progress is False:
-        values["progress"] = False
+    values = settings_values(args, MDSettings, _OPTIONS)
     return MDCommand(structure=args.structure, model=args.model, prior=args.prior, out=args.out, resume=args.resume,
                      unknown_elements=args.unknown_elements, md=MDSettings(**values))
 

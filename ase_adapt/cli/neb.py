@@ -17,7 +17,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..workflows.neb import NEBSettings
-from ._common import add_quiet, add_workflow_args, config_values
+from ._common import add_quiet, add_workflow_args, settings_values
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> NEBCommand:
-    values = config_values(args.config, NEBSettings, {"images": "n_images"})
-    for option, name in (("images", "n_images"), ("fmax", "fmax"), ("steps", "steps")):
-        if getattr(args, option) is not None:
-            values[name] = getattr(args, option)
+    values = settings_values(args, NEBSettings, {"images": "n_images", "fmax": "fmax", "steps": "steps"})
     if args.no_climb:
         values["climb"] = False
     if args.no_relax_endpoints:
         values["relax_endpoints"] = False
-    if args.progress is False:
-        values["progress"] = False
     neb = NEBSettings(**values)
     return NEBCommand(initial=args.initial, final=args.final, model=args.model, prior=args.prior, out=args.out, neb=neb)
 

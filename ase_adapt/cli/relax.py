@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..workflows.relax import CellMode, Optimizer, RelaxSettings
-from ._common import add_quiet, add_workflow_args, config_values, workflow_calculator
+from ._common import add_quiet, add_workflow_args, settings_values, workflow_calculator
 
 _OPTIONS = ("optimizer", "fmax", "steps", "cell", "traj_every")
 
@@ -46,10 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> RelaxCommand:
-    values = config_values(args.config, RelaxSettings)
-    values.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
-    if args.progress is False:
-        values["progress"] = False
+    values = settings_values(args, RelaxSettings, {k: k for k in _OPTIONS})
     return RelaxCommand(structure=args.structure, model=args.model, prior=args.prior, out=args.out,
                         unknown_elements=args.unknown_elements, relax=RelaxSettings(**values))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ..workflows.screen import CellFilter, ScreenSettings
 from ..workflows.relax import Optimizer
-from ._common import add_quiet, add_workflow_args, config_values
+from ._common import add_quiet, add_workflow_args, settings_values
 
 _OPTIONS = {"compositions": "compositions", "elements": "elements", "n_compositions": "n_compositions",
             "per_composition": "structures", "cycles": "cycles", "rattle": "rattle_std", "optimizer": "optimizer",
@@ -72,13 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ScreenCommand:
-    values = config_values(args.config, ScreenSettings, _OPTIONS)
-    for option, name in _OPTIONS.items():
-        given = getattr(args, option)
-        if given is not None:
-            values[name] = given
-    if args.progress is False:
-        values["progress"] = False
+    values = settings_values(args, ScreenSettings, _OPTIONS)
     if not (args.structures or values.get("compositions") or values.get("elements")):
         raise ValueError("give --compositions, --elements or --structures")
     return ScreenCommand(model=args.model, prior=args.prior, out=args.out, structures=args.structures,
