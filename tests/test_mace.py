@@ -14,10 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
-from ase.md.verlet import VelocityVerlet
 
 import ase_adapt  # noqa: E402  (before e3nn/mace: makes e3nn 0.4.4 importable on torch >= 2.6)
 
@@ -27,14 +25,12 @@ from e3nn import o3  # noqa: E402
 from mace import modules  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
-from ase_adapt import AdaptiveCalculator, MLFFCalculator, UnknownElementError, build_graph  # noqa: E402
+from ase_adapt import MLFFCalculator, UnknownElementError, build_graph  # noqa: E402
 from ase_adapt import testing as T  # noqa: E402
-from ase_adapt.adapt.ttt import TTTSettings, test_time_train  # noqa: E402
 from ase_adapt.models.blocks import EnergyHead  # noqa: E402
 from ase_adapt.models.mace import MaceHead, MaceModel  # noqa: E402
 from ase_adapt.models.mace_io import load_mace  # noqa: E402
 from ase_adapt.priors import make_prior  # noqa: E402
-from ase_adapt.shift.stats import attach_training_stats, compute_training_stats  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
                                         "ignore::FutureWarning")
@@ -298,17 +294,7 @@ def test_restore_rebuilds_heads_for_strict_loading(multi):
 def test_ttt_changes_only_the_early_representation(multi):
     m = copy.deepcopy(multi)
     m.new_head("prior:emt", hidden=8)  # untrained: TTT mechanics only
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    settings = TTTSettings(max_steps=3, lr=1e-4, md_steps=0, n_rattled=4, holdout_fraction=0.0, eval_every=1,
-                           batch_size=4, guard=None)
-    result = test_time_train(m, _cu(), make_prior("emt"), settings)
-    assert result.head == "prior:emt" and result.steps == 3 and not result.rolled_back
-    assert result.loss_after < result.loss_before
-    adapted = {id(p) for p in m.parameters_before(1)}
-    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
-    allowed = {n for n, p in m.named_parameters() if id(p) in adapted}
-    assert changed and changed <= allowed
-    assert any(n.startswith("interactions.0.") for n in changed)
+    T.check_ttt_adapts_only_early_blocks(m, _cu(), make_prior("emt"), head="prior:emt")
 
 
 def test_adaptive_calculator_runs_md(multi):
@@ -318,22 +304,9 @@ def test_adaptive_calculator_runs_md(multi):
     for seed in range(3):
         a = _cu()
         a.rattle(0.05, seed=10 + seed)
-        p = a.copy()
-        p.calc = EMT()
-        a.info["prior_emt_energy"] = p.get_potential_energy()
-        a.arrays["prior_emt_forces"] = p.get_forces()
         frames.append(a)
-    stats = compute_training_stats(m, frames, energy_key=None, forces_key=None, progress=False)
-    attach_training_stats(m, stats)
-    calc = AdaptiveCalculator(m, "emt", adapt_when="always",
-                              ttt=TTTSettings(max_steps=2, lr=1e-4, md_steps=0, n_rattled=3, guard=None))
-    atoms = _cu()
-    atoms.calc = calc
-    VelocityVerlet(atoms, 1.0 * units.fs).run(3)
-    assert calc.events and calc.events[0]["report"] is not None
-    assert calc.ttt_result is not None and calc.ttt_result.steps > 0
-    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_stress()).all()
-    assert m.heads["main"].e0 == multi.heads["main"].e0  # the calculator adapted a private copy
+    T.check_adaptive_md(m, _cu(), make_prior("emt"), frames, head="prior:emt")
+
 
 
 def test_prepare_saves_a_checkpoint_that_loads_back(files, tmp_path):

@@ -13,22 +13,18 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
-from ase.md.verlet import VelocityVerlet
 
-pytest.importorskip("sevenn")
+import sevenn  # noqa: E402,F401  (the test extra installs it: a missing sevenn is a failure)
 
 import ase_adapt  # noqa: E402
-from ase_adapt import AdaptiveCalculator, MLFFCalculator  # noqa: E402
+from ase_adapt import MLFFCalculator  # noqa: E402
 from ase_adapt import UnknownElementError, build_graph  # noqa: E402
 from ase_adapt import testing as T  # noqa: E402
-from ase_adapt.adapt.ttt import TTTSettings, test_time_train  # noqa: E402
 from ase_adapt.models.blocks import EnergyHead  # noqa: E402
 from ase_adapt.models.sevennet import SevenNetHead, SevenNetModel  # noqa: E402
 from ase_adapt.priors import make_prior  # noqa: E402
-from ase_adapt.shift.stats import attach_training_stats, compute_training_stats  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,17 +253,7 @@ def _cu() -> Atoms:
 def test_ttt_changes_only_the_early_representation(model):
     m = copy.deepcopy(model)
     m.new_head("prior:emt", hidden=8)  # untrained: TTT mechanics only
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    settings = TTTSettings(max_steps=3, lr=1e-4, md_steps=0, n_rattled=4, holdout_fraction=0.0, eval_every=1,
-                           batch_size=4, guard=None)
-    result = test_time_train(m, _cu(), make_prior("emt"), settings)
-    assert result.head == "prior:emt" and result.steps == 3 and not result.rolled_back
-    assert result.loss_after < result.loss_before
-    adapted = {id(p) for p in m.parameters_before(1)}
-    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
-    allowed = {n for n, p in m.named_parameters() if id(p) in adapted}
-    assert changed and changed <= allowed
-    assert any(n.startswith("interactions.0.") for n in changed)
+    T.check_ttt_adapts_only_early_blocks(m, _cu(), make_prior("emt"), head="prior:emt")
 
 
 def test_adaptive_calculator_runs_md(model):
@@ -277,19 +263,5 @@ def test_adaptive_calculator_runs_md(model):
     for seed in range(3):
         a = _cu()
         a.rattle(0.05, seed=10 + seed)
-        p = a.copy()
-        p.calc = EMT()
-        a.info["prior_emt_energy"] = p.get_potential_energy()
-        a.arrays["prior_emt_forces"] = p.get_forces()
         frames.append(a)
-    stats = compute_training_stats(m, frames, energy_key=None, forces_key=None, progress=False)
-    attach_training_stats(m, stats)
-    calc = AdaptiveCalculator(m, "emt", adapt_when="always",
-                              ttt=TTTSettings(max_steps=2, lr=1e-4, md_steps=0, n_rattled=3, guard=None))
-    atoms = _cu()
-    atoms.calc = calc
-    VelocityVerlet(atoms, 1.0 * units.fs).run(3)
-    assert calc.events and calc.events[0]["report"] is not None
-    assert calc.ttt_result is not None and calc.ttt_result.steps > 0
-    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_stress()).all()
-    assert m.heads["main"].e0 == model.heads["main"].e0  # the calculator adapted a private copy
+    T.check_adaptive_md(m, _cu(), make_prior("emt"), frames, head="prior:emt")

@@ -263,3 +263,14 @@ def test_a_prior_loss_that_is_not_finite_before_ttt_is_refused(ready, system, mo
     with pytest.raises(PriorError, match="not finite before TTT"):
         test_time_train(model, system, toy_prior(), TTTSettings(max_steps=5, **NO_GUARD), head="prior")
     assert _same(model.parameters(), before)
+
+
+def test_the_adaptation_contracts_hold_for_the_built_in_model(ready):
+    """The same contracts the foreign adapters pass (ase_adapt.testing), on the built-in MLFF."""
+    from ase_adapt import testing as T
+    from ase_adapt.testing import random_cluster, toy_prior
+
+    rng = np.random.default_rng(4)
+    atoms = random_cluster(rng, n_min=5, n_max=5)
+    T.check_ttt_adapts_only_early_blocks(ready, atoms, toy_prior(), head="prior", lr=1e-3)
+    T.check_adaptive_md(ready, atoms, toy_prior(), [random_cluster(rng) for _ in range(3)], head="prior")

@@ -48,6 +48,7 @@ from .model_contracts import (
     model_calculator_factory,
     scaled_heads,
 )
+from .adaptation_contracts import check_adaptive_md, check_ttt_adapts_only_early_blocks
 from .data import random_cluster, toy_frames, toy_prior
 from .suite import default_molecules, default_periodic, run_all_contracts
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_smooth_cutoff", "check_periodic_image_invariance", "check_determinism",
     "check_isolated_atoms_e0", "check_multihead_consistency", "check_batch_consistency",
     "check_save_load_roundtrip", "check_model_determinism", "model_calculator_factory", "scaled_heads",
+    "check_ttt_adapts_only_early_blocks", "check_adaptive_md",
     "random_cluster", "toy_frames", "toy_prior",
     "default_molecules", "default_periodic", "run_all_contracts", "CalculatorContract",
 ]
