@@ -144,3 +144,17 @@ def test_adaptation_events_are_in_the_rows(ready, tmp_path):
     summary = run_screen(model, s, tmp_path, prior="lj")
     events = summary["structures"][0]["events"]
     assert events and all(":" in e for e in events), events
+
+
+def test_a_grown_screen_reuses_the_structures_it_has(tmp_path):
+    small = ScreenSettings(compositions=("CuAu",), structures=2, cycles=0, steps=20, max_atoms=8, progress=False)
+    first = run_screen(None, small, tmp_path, calculator=EMT)
+    grown = ScreenSettings(compositions=("CuAu", "Cu3Au"), structures=3, cycles=0, steps=20, max_atoms=8,
+                           progress=False)
+    second = run_screen(None, grown, tmp_path, calculator=EMT)
+    assert first["computed"] == 2 and second["reused"] == 2 and second["computed"] == 4
+    same = [r for r in second["structures"] if r["composition"] == "CuAu" and r["index"] < 2]
+    assert [r["energy_per_atom"] for r in same] == [r["energy_per_atom"] for r in first["structures"]]
+    with pytest.raises(ValueError, match="other settings"):  # a setting that changes a task's result
+        run_screen(None, ScreenSettings(compositions=("CuAu",), structures=2, cycles=0, steps=20, max_atoms=8,
+                                        fmax=0.01, progress=False), tmp_path, calculator=EMT)

@@ -238,8 +238,11 @@ def run_screen(model: Any, settings: ScreenSettings, out: str | Path = "screen-o
     s = settings
     jobs = _jobs(s, starts)
     comps = list(dict.fromkeys(c for c, _, _ in jobs))
-    base: dict[str, Any] = {"settings": {k: (v.value if isinstance(v, enum.Enum) else v)
-                                         for k, v in asdict(s).items() if k != "progress"},
+    # a task's result depends on its composition and index, not on how many others there are: a screen
+    # grown by structures or compositions reuses the tasks it already has
+    per_task = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(s).items()
+                if k not in ("progress", "compositions", "elements", "n_compositions", "structures")}
+    base: dict[str, Any] = {"settings": per_task,
                             "unknown_elements": unknown_elements, "prior": prior}
     if calculator is not None:
         base["calculator"] = calculator
