@@ -132,3 +132,21 @@ def test_json_dash_is_standard_output_only_for_info(checkpoint, unlabelled_for_p
     monkeypatch.chdir(tmp_path)
     assert main(["stats", "--model", str(checkpoint), "--data", str(unlabelled_for_prior), "--json", "-"]) == 2
     assert "standard output" in _one_line_error(capsys, "stats") and not (tmp_path / "-").exists()
+
+
+def test_a_missing_optional_backend_is_one_line(tmp_path, capsys, monkeypatch):
+    """--scheduler local without dask.distributed installed: one line naming the extra, exit 2."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    code = main(["screen", "--model", "default", "--compositions", "CO2", "--per-composition", "1", "--steps", "1",
+                 "--cycles", "0", "--max-atoms", "3", "--scheduler", "local", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ase-adapt[dask]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

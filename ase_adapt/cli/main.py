@@ -48,7 +48,7 @@ def check_outputs(command: str, settings: object) -> None:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text if isinstance(exc, (ValueError, OSError, RuntimeError)) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (ValueError, OSError, RuntimeError, ImportError)) else f"{type(exc).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ase-adapt {args.command}: interrupted; finished outputs are kept (a rerun resumes "
               "where the command supports it)", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, RuntimeError, UnknownFileTypeError, StopIteration) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError, ImportError, UnknownFileTypeError, StopIteration) as exc:
         print(f"ase-adapt {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
