@@ -46,6 +46,18 @@ def optim_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def training_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The training-settings options given on the command line (``names``, plus ``--no-stats`` and the
+    optimisation options), as overrides of the ``--config`` file or preset."""
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.no_stats:
+        overrides["compute_stats"] = False
+    optim = optim_overrides(args)
+    if optim:
+        overrides["optim"] = optim
+    return overrides
+
+
 def summarize(history: list[dict]) -> str:
     """The last epoch's validation (or training) figures, one line."""
     if not history:

@@ -23,7 +23,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..train.finetune import E0Update, FinetuneSettings, FreezeMode, ReplayLabels, Strategy
-from ._common import add_optim_args, optim_overrides, summarize, add_quiet
+from ._common import add_optim_args, add_quiet, summarize, training_overrides
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneCommand:
-    overrides: dict = {}
-    for name in ("strategy", "freeze", "lora_rank", "lora_alpha", "replay_labels", "replay_weight",
-                 "prior_weight", "e0", "prior_heads"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.no_stats:
-        overrides["compute_stats"] = False
-    optim = optim_overrides(args)
-    if optim:
-        overrides["optim"] = optim
+    overrides = training_overrides(args, ("strategy", "freeze", "lora_rank", "lora_alpha", "replay_labels",
+                                          "replay_weight", "prior_weight", "e0", "prior_heads"))
     source = args.config or f"finetune-{args.strategy or 'naive'}"
     finetuning = FinetuneSettings.from_yaml(source, **overrides)
     return FinetuneCommand(model=args.model, data=args.data, out=args.out, val=args.val, replay=args.replay,

@@ -24,7 +24,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..train.prepare import HEAD_TYPES, PrepareSettings
-from ._common import PRIOR_HELP, add_optim_args, add_quiet, optim_overrides, prior_calculator
+from ._common import PRIOR_HELP, add_optim_args, add_quiet, prior_calculator, training_overrides
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> PrepareCommand:
-    overrides: dict = {}
-    for name in ("train_representation", "representation_lr", "joint_epochs", "replay_weight", "head"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.no_stats:
-        overrides["compute_stats"] = False
-    optim = optim_overrides(args)
-    if optim:
-        overrides["optim"] = optim
+    overrides = training_overrides(args, ("train_representation", "representation_lr", "joint_epochs",
+                                          "replay_weight", "head"))
     settings = PrepareSettings.from_yaml(args.config, **overrides)
     for spec in args.priors:
         prior_calculator(spec)  # an unknown or unavailable prior: one line, before any work

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ase.data import chemical_symbols
 
 from ..train.modes import TrainMode, TrainSettings
-from ._common import add_optim_args, optim_overrides, summarize, add_quiet
+from ._common import add_optim_args, add_quiet, summarize, training_overrides
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainCommand:
-    overrides: dict = {}
-    for name in ("mode", "prior_weight", "pretrain_epochs", "prior_heads"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.no_stats:
-        overrides["compute_stats"] = False
-    optim = optim_overrides(args)
-    if optim:
-        overrides["optim"] = optim
+    overrides = training_overrides(args, ("mode", "prior_weight", "pretrain_epochs", "prior_heads"))
     training = TrainSettings.from_yaml(args.config or "train-joint", **overrides)
     return TrainCommand(
         data=args.data, out=args.out, val=args.val, arch=args.arch,
