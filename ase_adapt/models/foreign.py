@@ -17,7 +17,23 @@ from torch import nn
 from .base import HeadedModel
 from .blocks import EnergyHead
 
-__all__ = ["ForeignModel"]
+__all__ = ["ForeignModel", "split_choice"]
+
+
+def split_choice(spec: str, given: str | None, what: str) -> tuple[str, str | None]:
+    """``"NAME@CHOICE"`` -> (NAME, CHOICE): the modal or head a foreign model spec names after ``@``.
+
+    A spec that is an existing file is never split; a choice in the spec and a different one passed
+    as ``given`` raise ValueError naming ``what`` ("modal", "MACE head").
+    """
+    import os
+
+    if "@" in spec and not os.path.isfile(spec):
+        spec, _, named = spec.rpartition("@")
+        if given is not None and given != named:
+            raise ValueError(f"two {what}s given: {named!r} in the name and {given!r} as an argument")
+        given = named
+    return spec, given
 
 
 class ForeignModel(HeadedModel):

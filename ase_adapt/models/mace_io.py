@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .._dtypes import as_dtype
+from .foreign import split_choice
 from .mace import MaceModel
 
 __all__ = ["load_mace", "choose_head", "restore_mace", "INSTALL_HINT"]
@@ -51,15 +52,6 @@ def _mace() -> str | None:
         return metadata.version("mace-torch")
     except metadata.PackageNotFoundError:  # a source checkout of mace
         return getattr(mace, "__version__", None)
-
-
-def _split_head(spec: str, head: str | None) -> tuple[str, str | None]:
-    if "@" in spec and not os.path.isfile(spec):
-        spec, _, given = spec.rpartition("@")
-        if head is not None and head != given:
-            raise ValueError(f"two MACE heads given: {given!r} in the name and head={head!r}")
-        head = given
-    return spec, head
 
 
 def choose_head(available: list[str], head: str | None, what: str = "the MACE model") -> str:
@@ -104,7 +96,7 @@ def load_mace(
     """Load a MACE model file (optional ``@head``) as a :class:`~ase_adapt.models.mace.MaceModel`
     with a ``main`` head; see the module docstring. ``dtype``: cast after loading."""
     version = _mace()
-    spec, head = _split_head(os.fspath(spec), head)
+    spec, head = split_choice(os.fspath(spec), head, "MACE head")
     path = Path(spec)
     module = read_mace_file(path)
     available = list(getattr(module, "heads", None) or ["Default"])
@@ -135,7 +127,7 @@ def restore_mace(config: dict, heads: dict, where: str = "checkpoint") -> MaceMo
         warnings.warn(f"{where} was prepared with mace-torch {config.get('mace_version')}, this is {version}: "
                       "if loading fails or predictions look wrong, install the version it was made with",
                       stacklevel=3)
-    spec, _ = _split_head(source[len("mace:"):], None)
+    spec, _ = split_choice(source[len("mace:"):], None, "MACE head")
     model = load_mace(spec, head=config.get("mace_head"), dtype=config.get("dtype"))
     if list(config.get("elements", model.elements)) != list(model.elements):
         raise ValueError(f"{where}: the MACE model file {spec!r} found here has other elements than the one it was "

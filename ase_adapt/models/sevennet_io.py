@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .._dtypes import as_dtype
+from .foreign import split_choice
 from .sevennet import SevenNetModel
 
 __all__ = ["load_sevennet", "pretrained_sevennet", "offline_pretrained", "INSTALL_HINT"]
@@ -88,15 +89,6 @@ def pretrained_sevennet(name: str) -> Path:
     return path
 
 
-def _split_modal(spec: str, modal: str | None) -> tuple[str, str | None]:
-    if "@" in spec and not os.path.isfile(spec):
-        spec, _, given = spec.rpartition("@")
-        if modal is not None and modal != given:
-            raise ValueError(f"two modals given: {given!r} in the name and modal={modal!r}")
-        modal = given
-    return spec, modal
-
-
 def _check_modal(modal_map: dict | None, modal: str | None, what: str) -> str | None:
     """The modal to use (matched case-insensitively, as sevenn documents), or a clear error."""
     available = list(modal_map or {})
@@ -131,7 +123,7 @@ def load_sevennet(
     from sevenn.checkpoint import SevenNetCheckpoint
     import sevenn
 
-    spec, modal = _split_modal(os.fspath(spec), modal)
+    spec, modal = split_choice(os.fspath(spec), modal, "modal")
     path = Path(spec) if os.path.isfile(spec) else pretrained_sevennet(spec)
     checkpoint = SevenNetCheckpoint(str(path))
     with warnings.catch_warnings():  # "no tensor product accelerator": irrelevant here

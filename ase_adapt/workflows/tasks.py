@@ -101,11 +101,17 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _spec_file(spec: str) -> Path | None:
-    """The file a model spec names (``PATH``, ``mace:PATH[@HEAD]``, ``sevennet:PATH[@MODAL]``), if it is one."""
-    body = spec.split(":", 1)[1].rsplit("@", 1)[0] if spec.startswith(("mace:", "sevennet:")) else spec
+def _spec_parts(spec: str) -> tuple[str, Path | None, str | None]:
+    """(``"mace:"``/``"sevennet:"``/``""``, the file the spec names if it is one, the ``@`` choice)."""
+    prefix, body, choice = "", spec, None
+    if spec.startswith(("mace:", "sevennet:")):
+        from ..models.foreign import split_choice
+
+        prefix, body = spec.split(":", 1)
+        prefix += ":"
+        body, choice = split_choice(body, None, "choice")
     path = Path(body)
-    return path if path.is_file() else None
+    return prefix, (path if path.is_file() else None), choice
 
 
 @dataclass(frozen=True)
@@ -132,14 +138,13 @@ class ModelSource:
             return model
         if isinstance(model, (str, Path)):
             spec = str(model)
-            path = _spec_file(spec)
+            prefix, path, choice = _spec_parts(spec)
             if path is None:
                 return cls(spec=spec)
             data = path.read_bytes()
-            if ship and spec == str(path):
+            if ship and not prefix:
                 return cls(data=data)
-            prefix = spec.split(":", 1)[0] + ":" if spec.startswith(("mace:", "sevennet:")) else ""
-            suffix = "@" + spec.rsplit("@", 1)[1] if prefix and "@" in spec.split(":", 1)[1] else ""
+            suffix = f"@{choice}" if choice else ""
             return cls(spec=f"{prefix}{path.resolve()}{suffix}", digest=_digest(data))
         import tempfile
 
@@ -163,7 +168,7 @@ def load_source(source: ModelSource) -> Any:
         from ..checkpoint import load_model
 
         if source.data is None:
-            path = _spec_file(source.spec or "")
+            path = _spec_parts(source.spec or "")[1]
             if source.digest and (path is None or _digest(path.read_bytes()) != source.digest):
                 raise ValueError(f"model file of {source.spec!r} is missing here or differs from the driver's "
                                  "(a worker without the same file system? give the model as bytes)")
