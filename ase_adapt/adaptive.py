@@ -23,8 +23,9 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from ase import Atoms
 
@@ -167,15 +168,20 @@ class AdaptiveCalculator(MLFFCalculator):
         self._trigger.reset()
         self.results = {}
 
-    def check(self, atoms: Atoms, fresh: bool = False) -> ShiftReport:
+    def check(self, atoms: Atoms, fresh: bool = False, structures: Sequence[Atoms] | None = None) -> ShiftReport:
         """Run detection (and adaptation, per ``adapt_when``) for ``atoms`` now; return the report.
 
-        A system seen before reuses its cached adaptation unless ``fresh``.
+        A system seen before reuses its cached adaptation unless ``fresh``. ``structures``
+        (transductive TTT, implies ``fresh``): more structures of the same system, known in
+        advance (a trajectory to re-score), that TTT learns from in place of prior-MD samples,
+        labelled by the prior only; any labels they carry are never read.
         """
         try:
             check_structure(atoms)
+            structures = _same_system(atoms, structures)
         except InvalidStructureError as exc:
             raise CalculationFailed(str(exc)) from None
+        fresh = fresh or structures is not None
         t0 = time.perf_counter()
         fresh = fresh or self._trigger.fresh
         fp = system_fingerprint(atoms, self._trigger.checked(atoms))
@@ -193,7 +199,7 @@ class AdaptiveCalculator(MLFFCalculator):
         self.state = None
         found = assess(self.model, atoms, self.prior, self.stats, self.settings)
         try:
-            state = adapt(self.model, atoms, found, self.prior, self.stats, self.settings)
+            state = adapt(self.model, atoms, found, self.prior, self.stats, self.settings, structures)
         except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
             oom = self._ttt_failed(exc, event, found.report, t0)
             if oom is None:
@@ -237,3 +243,18 @@ class AdaptiveCalculator(MLFFCalculator):
         if self._trigger.needs_check(atoms):
             self.check(atoms)
         return self.radius
+
+
+def _same_system(atoms: Atoms, structures: Sequence[Atoms] | None) -> list[Atoms] | None:
+    """Bare copies (positions, cell, pbc, charge/spin) of ``structures``, checked to hold ``atoms``' atoms."""
+    if structures is None:
+        return None
+    out = []
+    for k, a in enumerate(structures):
+        if not np.array_equal(a.numbers, atoms.numbers):
+            raise ValueError(f"transductive TTT: structure {k} ({a.get_chemical_formula()}) does not hold the "
+                             f"atoms of the checked structure ({atoms.get_chemical_formula()}) in the same order")
+        check_structure(a)
+        info = {key: a.info[key] for key in ("charge", "spin") if key in a.info}
+        out.append(Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc, info=info))
+    return out

@@ -37,6 +37,7 @@ class EvaluateSettings:
     head: str = K.MAIN_HEAD
     prior_head: str | None = None       # default prior:<kind>
     ttt_settings: TTTSettings = field(default_factory=TTTSettings)
+    ttt_on_frames: bool = False         # transductive TTT: learn from the evaluated frames, labelled by the prior only
     energy_key: str = K.REF_ENERGY
     forces_key: str = K.REF_FORCES
     batch_size: int = 16
@@ -44,6 +45,8 @@ class EvaluateSettings:
     def __post_init__(self) -> None:
         if self.ttt and self.prior is None and self.sgdml_prior_frames is None:
             raise ValueError("--ttt needs a prior (--prior SPEC or --sgdml-prior-frames N)")
+        if self.ttt_on_frames and not self.ttt:
+            raise ValueError("--ttt-on-frames needs --ttt")
         if self.sgdml_prior_frames is not None and self.sgdml_prior_frames < 2:
             raise ValueError("--sgdml-prior-frames must be >= 2")
         if self.unknown_elements not in ("error", "nearest"):
@@ -86,7 +89,7 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
     f_ref = [get_label(a, s.forces_key, k) for k, a in enumerate(frames)]
     out: dict[str, Any] = {"n_frames_total": len(frames), "settings": {
         "prior": s.prior, "ttt": s.ttt, "rr": s.rr, "sgdml_prior_frames": s.sgdml_prior_frames,
-        "unknown_elements": s.unknown_elements}}
+        "ttt_on_frames": s.ttt_on_frames, "unknown_elements": s.unknown_elements}}
     timings: dict[str, float] = {}
     prior = None
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -114,7 +117,9 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
             prior_head=s.prior_head, unknown_elements=s.unknown_elements,
         )
         t0 = time.perf_counter()
-        report = calc.check(frames[0].copy())
+        # transductive mode: the other evaluated frames join TTT's samples, labelled by the prior
+        # (adaptive._same_system keeps positions only: their reference labels never reach TTT)
+        report = calc.check(frames[0].copy(), structures=frames[1:] if s.ttt_on_frames else None)
         timings["check_seconds"] = time.perf_counter() - t0
         event = calc.events[-1]  # what was done and why: a skipped adaptation is never silent
         out["adaptation"] = {"kind": event["kind"], "action": event["action"], "prior_error": event.get("prior_error")}

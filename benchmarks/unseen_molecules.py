@@ -12,7 +12,8 @@ the sGDML prior is fitted on frames[:50] (the MD17 protocol: 50 reference labels
 molecule; no other configuration sees any label). Configurations:
 
   base; +RR; +TTT with each prior (GFN-FF, GFN1-xTB when the model has its head, sGDML-50, LJ);
-  +RR+TTT (GFN-FF); each prior alone. TTT uses the default settings (chosen on the validation
+  +RR+TTT (GFN-FF); each prior alone; and the seed paper's transductive mode (``*_frames``: TTT
+  on the evaluated frames, labelled by the prior only) for GFN-FF and sGDML-50. TTT uses the default settings (chosen on the validation
   molecules, ``validation_ttt.py``) with the sampling MD at the run temperature.
 
 Then NVT 500 K stability (Fu et al.: time until the largest bond-length deviation from the
@@ -58,6 +59,10 @@ def evaluate_configs(model, frames: list, quick: bool, temperature: float) -> di
         "rr_ttt_gfn-ff": (test, EvaluateSettings(prior="gfn-ff", ttt=True, rr=True, ttt_settings=ttt)),
         "ttt_lj": (test, EvaluateSettings(prior="lj", ttt=True, ttt_settings=ttt)),
         "ttt_sgdml": (frames, EvaluateSettings(sgdml_prior_frames=n_sg, ttt=True, ttt_settings=ttt)),
+        # the seed paper's transductive protocol: TTT on the evaluated frames, labelled by the prior only
+        "ttt_gfn-ff_frames": (test, EvaluateSettings(prior="gfn-ff", ttt=True, ttt_settings=ttt, ttt_on_frames=True)),
+        "ttt_sgdml_frames": (frames, EvaluateSettings(sgdml_prior_frames=n_sg, ttt=True, ttt_settings=ttt,
+                                                      ttt_on_frames=True)),
     }
     if "prior:gfn1-xtb" in model.heads:
         configs["ttt_gfn1-xtb"] = (test, EvaluateSettings(prior="gfn1-xtb", ttt=True, ttt_settings=ttt))
@@ -68,7 +73,7 @@ def evaluate_configs(model, frames: list, quick: bool, temperature: float) -> di
         r["seconds"] = time.perf_counter() - t0
         out[name] = r
         ttt_s = f", TTT {r['ttt']['steps']} steps {r['ttt']['seconds']:.1f} s" if r.get("ttt") else ""
-        print(f"    {name:<14} force MAE {r['force_mae_mev_per_A']:7.1f} meV/Å{ttt_s}", flush=True)
+        print(f"    {name:<18} force MAE {r['force_mae_mev_per_A']:7.1f} meV/Å{ttt_s}", flush=True)
     return out
 
 

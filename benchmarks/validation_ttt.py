@@ -40,7 +40,7 @@ def _ttt_settings(args):
     # thresholds can be chosen from what TTT would have done
     guard = GuardSettings(1e9, 1e9, 1e9) if args.record_guard else GuardSettings()
     return TTTSettings(lr=args.lr, max_steps=args.max_steps, md_temperature=args.temperature,
-                       md_steps=args.md_steps, guard=guard)
+                       md_steps=args.md_steps, adapted_blocks=args.adapted_blocks, guard=guard)
 
 
 def run_task(task: dict) -> dict:
@@ -64,7 +64,7 @@ def run_task(task: dict) -> dict:
         head = "prior:sgdml" if prior == "sgdml" else f"prior:{prior}"
         if head not in model.heads:
             return {**task, "skipped": f"the model has no head {head!r}"}
-        kw = dict(ttt=True, ttt_settings=_ttt_settings(args))
+        kw = dict(ttt=True, ttt_settings=_ttt_settings(args), ttt_on_frames=args.ttt_on_frames)
         if prior == "sgdml":
             r = evaluate_frames(model, frames[:SGDML_FRAMES] + test, EvaluateSettings(sgdml_prior_frames=SGDML_FRAMES, **kw))
         else:
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: TTTSettings' default")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--md-steps", type=int, default=None)
+    p.add_argument("--adapted-blocks", type=int, default=None, help="interaction blocks TTT adapts")
     p.add_argument("--temperature", type=float, default=500.0)
+    p.add_argument("--ttt-on-frames", action="store_true", help="transductive TTT on the evaluated frames")
     p.add_argument("--record-guard", action="store_true", help="measure the guard's signals, never roll back")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tag", default="default")
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lr = d.lr if args.lr is None else args.lr
     args.max_steps = d.max_steps if args.max_steps is None else args.max_steps
     args.md_steps = d.md_steps if args.md_steps is None else args.md_steps
+    args.adapted_blocks = d.adapted_blocks if args.adapted_blocks is None else args.adapted_blocks
     out = args.json or RESULTS_DIR / f"validation_ttt_{args.tag}.json"
     import json
 

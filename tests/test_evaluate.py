@@ -121,3 +121,42 @@ def test_many_files_on_dask_match_the_serial_run(files, tmp_path):
     assert main([*base, "--out", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2"]) == 0
     serial, dask = (json.loads((tmp_path / d / "evaluate.json").read_text()) for d in ("serial", "dask"))
     assert dask["executor"] == "dask:local" and dask["molecules"] == serial["molecules"]
+
+
+def test_transductive_ttt_learns_from_the_evaluated_frames(files, capsys):
+    r = _evaluate(files, "--data", str(files / "ethanol.xyz"), "--prior", "lj", "--ttt", "--ttt-on-frames",
+                  "--ttt-steps", "20", "--ttt-lr", "1e-2")
+    assert r["settings"]["ttt_on_frames"] is True
+    assert r["ttt"]["n_samples"] == 12 and r["ttt"]["steps"] > 0  # the 12 frames, no rattled copies or MD
+    md = _evaluate(files, "--data", str(files / "ethanol.xyz"), "--prior", "lj", "--ttt", "--ttt-steps", "20",
+                   "--ttt-lr", "1e-2")
+    assert md["ttt"]["n_samples"] != 12 and md["settings"]["ttt_on_frames"] is False
+    model = str(files / "run" / "best.safetensors")
+    assert main(["evaluate", "--model", model, "--data", str(files / "ethanol.xyz"), "--prior", "lj",
+                 "--ttt-on-frames"]) == 2
+    assert "needs --ttt" in capsys.readouterr().err
+
+
+def test_transductive_ttt_never_reads_the_structures_labels(files):
+    """Structures carrying NaN reference labels adapt exactly as bare ones: only the prior labels them."""
+    from ase_adapt import AdaptiveCalculator, load_model
+    from ase_adapt.adapt.ttt import TTTSettings
+    from ase_adapt.train.data import read_frames
+
+    model = load_model(files / "run" / "best.safetensors")
+    frames = read_frames(files / "ethanol.xyz")
+    bare = [a.copy() for a in frames]
+    for a in frames:
+        a.calc = SinglePointCalculator(a, energy=np.nan, forces=np.full((len(a), 3), np.nan))
+    s = TTTSettings(max_steps=10, lr=1e-2, guard=None)
+    results = []
+    for structures in (frames[1:], bare[1:]):
+        calc = AdaptiveCalculator(model, "lj", ttt=s, adapt_when="always", detectors=False)
+        calc.check(bare[0].copy(), structures=structures)
+        assert calc.ttt_result.n_samples == len(frames) and not calc.ttt_result.rolled_back
+        results.append(calc.ttt_result.loss_after)
+    assert results[0] == results[1]
+    methylamine = read_frames(files / "methylamine.xyz")
+    with pytest.raises(ValueError, match="does not hold the atoms"):
+        AdaptiveCalculator(model, "lj", ttt=s, adapt_when="always", detectors=False).check(
+            bare[0].copy(), structures=methylamine[:2])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -130,9 +130,12 @@ def assess(model, atoms: Atoms, prior: Any, stats: dict[str, Any], s: AdaptSetti
 
 
 def adapt(model, atoms: Atoms, found: Assessment, prior: Any, stats: dict[str, Any],
-          s: AdaptSettings) -> AdaptationState:
+          s: AdaptSettings, structures: Sequence[Atoms] | None = None) -> AdaptationState:
     """Radius refinement and TTT (on ``model``, in place) as ``found`` decided.
 
+    ``structures``: the transductive mode (the seed paper's protocol where the structures to
+    predict are known in advance): TTT learns from ``atoms`` and these structures, labelled by the
+    prior only, instead of rattled copies and prior-driven MD. Their own labels are never read.
     A prior that fails while sampling ends in a state with ``prior_error`` (no TTT); any other
     exception from TTT propagates, with ``model``'s weights restored by :func:`test_time_train`.
     """
@@ -145,7 +148,11 @@ def adapt(model, atoms: Atoms, found: Assessment, prior: Any, stats: dict[str, A
     if found.adapt and s.ttt and state.prior_error is None and found.labels is not None:
         try:
             t_samples = time.perf_counter()
-            samples, labels = make_samples(atoms, s.ttt.sample_settings(), prior, labels=found.labels)
+            if structures is None:
+                samples, labels = make_samples(atoms, s.ttt.sample_settings(), prior, labels=found.labels)
+            else:
+                samples = [atoms, *structures]
+                labels = list(found.labels) + label_samples(structures, prior)
             t_samples = time.perf_counter() - t_samples
             model_samples = [Atoms(numbers=found.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
                              for a in samples]

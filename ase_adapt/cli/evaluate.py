@@ -4,7 +4,10 @@ FRAMES is an extxyz (or .db) of one molecule with reference ``energy`` and ``for
 is adapted once, on the first evaluated frame, as in MD (``--rr``: radius refinement; ``--ttt``:
 test-time training against the prior), then every frame is predicted with the adapted weights.
 ``--sgdml-prior-frames N`` fits an sGDML prior on the first N frames (their labels only) and
-evaluates the rest. Elements the model never saw are mapped to the nearest known element by
+evaluates the rest. ``--ttt-on-frames`` is the seed paper's transductive protocol: TTT learns
+from the evaluated frames themselves, labelled by the prior only (never by their reference labels),
+instead of from prior-driven MD; use it where the structures to predict are known in advance.
+Elements the model never saw are mapped to the nearest known element by
 default (``--unknown-elements error`` refuses them), and the mapping is reported.
 
 The JSON holds n_frames, force_mae_mev_per_A, energy_mae_mev_per_atom,
@@ -22,6 +25,7 @@ examples:
   ase-adapt evaluate --model default --data mol1.xyz mol2.xyz mol3.xyz --prior gfn-ff --ttt --out eval --scheduler local
   ase-adapt evaluate --model model.safetensors --data naphthalene.xyz --prior gfn-ff --ttt --json ttt.json
   ase-adapt evaluate --model model.safetensors --data toluene.xyz --sgdml-prior-frames 50 --ttt --rr --json s.json
+  ase-adapt evaluate --model default --data toluene.xyz --sgdml-prior-frames 50 --ttt --ttt-on-frames --json t.json
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="frames of one molecule with reference energy and forces (several files: one task each)")
     p.add_argument("--prior", metavar="SPEC", help=PRIOR_HELP)
     p.add_argument("--ttt", action="store_true", help="adapt with test-time training against the prior")
+    p.add_argument("--ttt-on-frames", action="store_true",
+                   help="transductive TTT (the seed paper's protocol): learn from the evaluated frames, labelled by "
+                        "the prior only, instead of prior-MD samples; their reference labels are never read")
     p.add_argument("--rr", action="store_true", help="adapt the graph radius (radius refinement)")
     p.add_argument("--sgdml-prior-frames", type=int, metavar="N",
                    help="fit an sGDML prior on the first N frames and evaluate the rest")
@@ -82,7 +89,8 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateCommand:
     if args.temperature is not None:
         ttt = replace(ttt, md_temperature=args.temperature)
     ev = EvaluateSettings(prior=args.prior, ttt=args.ttt, rr=args.rr, sgdml_prior_frames=args.sgdml_prior_frames,
-                          unknown_elements=args.unknown_elements, prior_head=args.prior_head, ttt_settings=ttt)
+                          unknown_elements=args.unknown_elements, prior_head=args.prior_head, ttt_settings=ttt,
+                          ttt_on_frames=args.ttt_on_frames)
     first, *more = args.data
     if (more or args.scheduler) and not args.out:
         raise ValueError("several data files (or --scheduler) need --out FOLDER for their results")
