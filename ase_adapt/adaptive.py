@@ -122,7 +122,7 @@ class AdaptiveCalculator(MLFFCalculator):
         self.events = self._log.events  # one record per check (adapt.events)
         self.state: AdaptationState | None = None  # the adaptation in use (None: not checked yet)
         self._store = AdaptationStore(
-            self.model.parameters_before(ttt_settings.adapted_blocks if ttt_settings else 1), cache_size)
+            (ttt_settings or TTTSettings()).adapted_parameters(self.model), cache_size)
 
     # ------------------------------------------------------------------ what is in use
     @property

@@ -92,6 +92,9 @@ def test_bad_requests_fail_clearly(files, tmp_path, capsys):
     assert main(["evaluate", "--model", model, "--data", str(files / "ethanol.xyz"), "--prior", "emt",
                  "--ttt"]) == 2
     assert "prior:emt" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model, "--data", str(files / "ethanol.xyz"), "--prior", "lj", "--ttt",
+                 "--ttt-blocks", "99"]) == 2
+    assert "block must be in" in capsys.readouterr().err
     mixed = tmp_path / "mixed.xyz"
     from ase_adapt.train.data import read_frames
 

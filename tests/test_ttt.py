@@ -40,17 +40,28 @@ def _same(a, b) -> bool:
 NO_GUARD = dict(guard=None, md_steps=0)  # the step mechanics alone; the guard has its own tests
 
 
-def test_ttt_lowers_the_prior_loss_and_moves_only_early_parameters(ready, system):
+def test_ttt_lowers_the_prior_loss_and_moves_only_the_shared_representation(ready, system):
+    model = copy.deepcopy(ready)
+    shared_ids = {id(p) for p in model.representation_parameters()}
+    heads = _clone([p for p in model.parameters() if id(p) not in shared_ids])
+    last_block = _clone(model.interactions[-1].parameters())
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, **NO_GUARD), head="prior")
+    assert r.loss_after < 0.9 * r.loss_before and not r.rolled_back and r.steps > 0
+    assert r.n_samples == 5 and r.n_holdout == 1
+    assert not _same(model.interactions[-1].parameters(), last_block)  # default: every shared block
+    assert _same([p for p in model.parameters() if id(p) not in shared_ids], heads)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_ttt_adapted_blocks_limits_the_moved_parameters(ready, system):
     model = copy.deepcopy(ready)
     early_ids = {id(p) for p in model.parameters_before(1)}
     late = _clone([p for p in model.parameters() if id(p) not in early_ids])
     early = _clone(model.parameters_before(1))
-    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, **NO_GUARD), head="prior")
-    assert r.loss_after < 0.9 * r.loss_before and not r.rolled_back and r.steps > 0
-    assert r.n_samples == 5 and r.n_holdout == 1
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, adapted_blocks=1, **NO_GUARD), head="prior")
+    assert r.steps > 0 and not r.rolled_back
     assert not _same(model.parameters_before(1), early)
     assert _same([p for p in model.parameters() if id(p) not in early_ids], late)
-    assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
 def test_ttt_rolls_back_a_diverging_run(ready, system):

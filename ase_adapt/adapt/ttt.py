@@ -2,8 +2,9 @@
 
 The steps follow the seed paper: prior-labelled snapshots of the new system (see
 :mod:`ase_adapt.adapt.samples`), SGD with momentum on the prior head's loss in minibatches,
-updating only the representation parameters before interaction block ``adapted_blocks`` (by default
-the embedding and the first block) with every head frozen. The main head then predicts from the
+updating only the shared representation (by default all of it: the embedding and every shared
+interaction block; ``adapted_blocks=k`` limits it to the embedding and the first k blocks) with
+every head, and every block a head owns, frozen. The main head then predicts from the
 adapted features (DESIGN.md §The science).
 
 - **Objective without an energy zero.** A prior fitted per molecule (sGDML) need not share the
@@ -58,7 +59,7 @@ class TTTSettings:
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
-    adapted_blocks: int = 1       # adapt the embedding and the first `adapted_blocks` interaction blocks
+    adapted_blocks: int | None = None  # adapt the embedding and the first k shared blocks; None: every shared block
     batch_size: int = 16
     holdout_fraction: float = 0.25
     eval_every: int = 10          # steps between held-out evaluations
@@ -80,11 +81,16 @@ class TTTSettings:
         check_types(self)
         if not (0.0 <= self.momentum < 1.0 and self.weight_decay >= 0 and self.min_improvement >= 0):
             raise ValueError("TTT needs 0 <= momentum < 1, weight_decay >= 0, min_improvement >= 0")
-        if self.max_steps < 1 or not self.lr > 0 or self.adapted_blocks < 0 or self.batch_size < 1:
+        if self.max_steps < 1 or not self.lr > 0 or (self.adapted_blocks or 0) < 0 or self.batch_size < 1:
             raise ValueError("TTT needs max_steps >= 1, lr > 0, adapted_blocks >= 0, batch_size >= 1")
         if not 0.0 <= self.holdout_fraction < 1.0 or self.eval_every < 1 or self.patience < 1:
             raise ValueError("TTT needs 0 <= holdout_fraction < 1, eval_every >= 1, patience >= 1")
         self.sample_settings()  # validates the sampling fields
+
+    def adapted_parameters(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        """The parameters TTT moves: the embedding and the first ``adapted_blocks`` shared blocks (None: all)."""
+        k = len(model.interactions) if self.adapted_blocks is None else self.adapted_blocks
+        return model.parameters_before(k)
 
     def sample_settings(self) -> SampleSettings:
         return SampleSettings(self.n_rattled, self.rattle_std, self.md_steps, self.md_stride,
@@ -202,7 +208,7 @@ def test_time_train(
     batches = _Batches(model, samples, labels, cutoff or model.cutoff)
     hold_graph, hold_targets = batches(hold_idx or fit_idx)
 
-    params = model.parameters_before(s.adapted_blocks)
+    params = s.adapted_parameters(model)
     start = [p.detach().clone() for p in params]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     chosen = {id(p) for p in params}

@@ -71,6 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="unseen elements: map to the nearest known one (default) or refuse")
     p.add_argument("--ttt-steps", type=int, help=f"maximum TTT steps (default {TTTSettings.max_steps})")
     p.add_argument("--ttt-lr", type=float, help=f"TTT learning rate (default {TTTSettings.lr:g})")
+    p.add_argument("--ttt-blocks", type=int, metavar="K",
+                   help="TTT adapts the embedding and the first K shared interaction blocks (default: all)")
     p.add_argument("--temperature", type=float, help="temperature (K) of the prior MD that samples TTT structures: "
                    f"that of the frames (default {TTTSettings.md_temperature:g})")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT (one data file)")
@@ -86,6 +88,8 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateCommand:
         ttt = replace(ttt, max_steps=args.ttt_steps)
     if args.ttt_lr is not None:
         ttt = replace(ttt, lr=args.ttt_lr)
+    if args.ttt_blocks is not None:
+        ttt = replace(ttt, adapted_blocks=args.ttt_blocks)
     if args.temperature is not None:
         ttt = replace(ttt, md_temperature=args.temperature)
     ev = EvaluateSettings(prior=args.prior, ttt=args.ttt, rr=args.rr, sgdml_prior_frames=args.sgdml_prior_frames,
