@@ -131,12 +131,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one molecule, few frames and steps")
     ap.add_argument("--molecules", nargs="+", choices=VALIDATION, help="a subset of the validation molecules")
-    ap.add_argument("--adapted-blocks", type=int, default=1, help="SevenNet-0 blocks TTT adapts (default 1, as measured)")
+    ap.add_argument("--adapted-blocks", default="1", help="SevenNet-0 blocks TTT adapts: a number or 'all' "
+                    "(default 1; other values write results_<...>_blocks<K>.json)")
     ap.add_argument("--speed-only", action="store_true", help="re-time the MD steps only (on a quiet machine) and "
                     "update the existing result file")
     ap.add_argument("--verdicts-only", action="store_true", help="re-run only the base configuration (the "
                     "detectors' verdicts) and update the existing result file")
     args = ap.parse_args()
+    args.adapted_blocks = None if args.adapted_blocks == "all" else int(args.adapted_blocks)
+    suffix = "" if args.adapted_blocks == 1 else f"_blocks{args.adapted_blocks or 'all'}"
     import torch
 
     from ase_adapt.adapt.ttt import TTTSettings
@@ -152,7 +155,7 @@ def main() -> int:
     t_start = time.perf_counter()
     model = prepared_model(sizes["prep_frames"], sizes["prep_epochs"],
                            BENCH_DIR / "data" / "foundation" / f"7net0_gfnff_{'quick' if q else 'full'}.safetensors")
-    path = RESULTS_DIR / f"{NAME}{'_quick' if q else ''}.json"
+    path = RESULTS_DIR / f"{NAME}{'_quick' if q else ''}{suffix}.json"
     if args.speed_only:
         import json
 
@@ -171,7 +174,7 @@ def main() -> int:
         record["verdicts_machine"] = machine_info()
         write_json_atomic(path, record)
         return 0
-    results = {m: _cached_json(BENCH_DIR / "data" / "foundation" / f"{'quick' if q else 'full'}_{m}.json",
+    results = {m: _cached_json(BENCH_DIR / "data" / "foundation" / f"{'quick' if q else 'full'}_{m}{suffix}.json",
                                lambda m=m: evaluate(model, m, sizes["eval_frames"], ttt)) for m in molecules}
     timing = speed(model, sizes["speed_steps"])
     rows = [[m, *(r[c]["force_mae_mev_per_A"] for c in CONFIGS), r["base"]["prior_force_mae_mev_per_A"],
