@@ -181,9 +181,8 @@ class AdaptiveCalculator(MLFFCalculator):
             structures = _same_system(atoms, structures)
         except InvalidStructureError as exc:
             raise CalculationFailed(str(exc)) from None
-        fresh = fresh or structures is not None
         t0 = time.perf_counter()
-        fresh = fresh or self._trigger.fresh
+        fresh = fresh or structures is not None or self._trigger.fresh
         fp = system_fingerprint(atoms, self._trigger.checked(atoms))
         event: dict[str, Any] = {"call": self._trigger.calls, "fingerprint": fp,
                                  "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms)}
@@ -246,15 +245,17 @@ class AdaptiveCalculator(MLFFCalculator):
 
 
 def _same_system(atoms: Atoms, structures: Sequence[Atoms] | None) -> list[Atoms] | None:
-    """Bare copies (positions, cell, pbc, charge/spin) of ``structures``, checked to hold ``atoms``' atoms."""
+    """``structures`` as a list, checked to hold ``atoms``' atoms in order and to be valid structures.
+
+    No copies: TTT labels them through :func:`~ase_adapt.adapt.label_samples` (which keeps only
+    positions, cell, pbc, charge and spin) and builds the model's samples from their positions.
+    """
     if structures is None:
         return None
-    out = []
+    structures = list(structures)
     for k, a in enumerate(structures):
         if not np.array_equal(a.numbers, atoms.numbers):
             raise ValueError(f"transductive TTT: structure {k} ({a.get_chemical_formula()}) does not hold the "
                              f"atoms of the checked structure ({atoms.get_chemical_formula()}) in the same order")
         check_structure(a)
-        info = {key: a.info[key] for key in ("charge", "spin") if key in a.info}
-        out.append(Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc, info=info))
-    return out
+    return structures

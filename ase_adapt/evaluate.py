@@ -118,7 +118,7 @@ def evaluate_frames(model, frames: Sequence[Atoms], settings: EvaluateSettings |
         )
         t0 = time.perf_counter()
         # transductive mode: the other evaluated frames join TTT's samples, labelled by the prior
-        # (adaptive._same_system keeps positions only: their reference labels never reach TTT)
+        # (only the prior labels them: their reference labels never reach TTT)
         report = calc.check(frames[0].copy(), structures=frames[1:] if s.ttt_on_frames else None)
         timings["check_seconds"] = time.perf_counter() - t0
         event = calc.events[-1]  # what was done and why: a skipped adaptation is never silent
