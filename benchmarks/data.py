@@ -68,6 +68,9 @@ REFERENCE = "gfn2-xtb"
 FF, FF_PREFIX = "gfn-ff", "prior_gfn-ff"
 SGDML_PREFIX = "prior_sgdml"
 RETRY_OPTIONS = {"max_iterations": 1000}  # tblite's default is 250; a converged result is unchanged
+# Version of the labelling: "raw-gradient" since the priors stopped applying the MD frame's FixCom to
+# their forces (labels made before were FixCom-projected and are refused, not mixed).
+LABELS = "raw-gradient"
 MANIFEST = "manifest.json"
 ISOLATED_FILE = "isolated_atoms.xyz"
 
@@ -156,7 +159,7 @@ def molecule_settings(mol: Molecule, s: Settings, versions: dict) -> dict[str, A
            "n_frames": s.train_frames if mol.role == "train" else s.test_frames, "equil": s.equil,
            "stride": s.stride, "temperature_K": s.temperature_K, "timestep_fs": s.timestep_fs,
            "friction_per_fs": s.friction_per_fs, "seed": molecule_seed(s.seed, mol.name), "threads": s.threads,
-           "reference": REFERENCE, "ff": FF, "versions": {k: v for k, v in versions.items() if k != "ase-adapt"}}
+           "reference": REFERENCE, "ff": FF, "labels": LABELS, "versions": {k: v for k, v in versions.items() if k != "ase-adapt"}}
     if mol.role == "train":
         out.update(sgdml_frames=s.sgdml_frames, sgdml_val_frames=s.sgdml_val_frames)
     return out

@@ -201,6 +201,20 @@ def test_labels_equal_direct_calls_and_keep_reference_labels(tmp_path: Path) -> 
     assert not any(k.startswith("ase_adapt") for k in back[3].info)
 
 
+def test_labels_ignore_the_frames_constraints(tmp_path: Path) -> None:
+    """A frame with FixAtoms/FixCom is labelled with the calculator's raw forces, not projected ones."""
+    from ase.constraints import FixAtoms
+
+    frame = periodic_frame()
+    frame.set_constraint(FixAtoms(indices=[0]))
+    back = read_frames(label_frames([frame], EMT(), tmp_path / "out.xyz", prefix="emt", progress=False))[0]
+    atoms = frame.copy()
+    atoms.set_constraint()
+    atoms.calc = EMT()
+    np.testing.assert_allclose(get_label(back, "emt_forces"), atoms.get_forces(), atol=1e-7)
+    assert np.abs(get_label(back, "emt_forces")[0]).max() > 1e-4
+
+
 def _emt_stress(atoms: Atoms) -> np.ndarray:
     atoms = atoms.copy()
     atoms.calc = EMT()

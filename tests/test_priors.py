@@ -114,6 +114,25 @@ def test_lj_forces_are_minus_the_energy_gradient() -> None:
         assert forces[i, k] == pytest.approx(fd, rel=1e-7, abs=1e-6)
 
 
+@pytest.mark.parametrize("spec", ["lj", "gfn-ff"])
+def test_labels_are_the_raw_gradient_whatever_constraints_the_atoms_carry(spec: str) -> None:
+    """An MD frame carries FixCom; ASE's FixCom.adjust_forces subtracts m_i * lambda, which is not
+    zero even for forces that sum to zero. Labels once came out projected (and unfittable)."""
+    from ase.constraints import FixAtoms, FixCom
+
+    prior = make_prior(spec)
+    atoms = _rattled("CH3CH2OH", amplitude=0.05, seed=4)[0]
+    raw = prior.label(atoms)["forces"]
+    assert np.abs(raw.sum(axis=0)).max() < 1e-8  # an isolated molecule: no net force
+    for constraint in (FixCom(), FixAtoms(indices=[0, 1])):
+        held = atoms.copy()
+        held.set_constraint(constraint)
+        np.testing.assert_allclose(prior.label(held)["forces"], raw, atol=1e-10)
+        held.calc = make_prior(spec)  # also as the ASE calculator that drives an MD
+        np.testing.assert_allclose(held.get_forces(apply_constraint=False), raw, atol=1e-10)
+    assert np.abs(raw[:2]).max() > 1e-3  # FixAtoms would have zeroed these
+
+
 def test_lj_defaults_are_molecule_friendly_and_overridable() -> None:
     atoms = molecule("CH3CH2OH")
     energy = make_prior("lj").label(atoms)["energy"]

@@ -176,9 +176,10 @@ class Prior(Calculator):
                     self.backend.reset()
                 work = self._with_charge_and_spin(atoms)
                 work.calc = self.backend
-                energy = float(work.get_potential_energy())
-                forces = np.array(work.get_forces(), dtype=np.float64)
-                stress = np.array(work.get_stress(voigt=True), dtype=np.float64) if with_stress else None
+                energy = float(work.get_potential_energy(apply_constraint=False))
+                forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
+                stress = (np.array(work.get_stress(voigt=True, apply_constraint=False), dtype=np.float64)
+                          if with_stress else None)
         except PriorError:
             raise
         except Exception as exc:  # any backend failure; KeyboardInterrupt and friends pass
@@ -197,8 +198,13 @@ class Prior(Calculator):
 
     def _with_charge_and_spin(self, atoms: Atoms) -> Atoms:
         """A copy whose initial charges and moments carry ``atoms.info`` charge and spin (ASE's way:
-        tblite and xtb-python read their sums); without those keys the user's own values stay."""
+        tblite and xtb-python read their sums); without those keys the user's own values stay.
+
+        The copy carries no constraints: a prior returns the raw gradient of its energy. (An MD
+        frame's ``FixCom`` once projected every label: ``adjust_forces`` subtracts ``m_i * lambda``,
+        which is not zero even when the forces sum to zero, and no model could fit those forces.)"""
         work = atoms.copy()
+        work.constraints = []
         if self.electronic and ("charge" in atoms.info or "spin" in atoms.info):
             charge, spin = charge_and_spin(atoms)
             if "charge" in atoms.info:  # otherwise the user's initial charges stay

@@ -163,10 +163,12 @@ def _input_frames(frames_or_path: Any) -> tuple[list[Atoms], str]:
 
 def _label_one(atoms: Atoms, calculator: Calculator, prefix: str, with_stress: bool) -> Atoms:
     work = atoms.copy()  # the frame itself never gets the calculator attached
+    work.constraints = []  # labels are the calculator's raw energy gradient, never constraint-projected
     work.calc = calculator
-    energy = float(work.get_potential_energy())
-    forces = np.array(work.get_forces(), dtype=np.float64)
-    stress = np.array(work.get_stress(voigt=True), dtype=np.float64) if with_stress else None
+    energy = float(work.get_potential_energy(apply_constraint=False))
+    forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
+    stress = (np.array(work.get_stress(voigt=True, apply_constraint=False), dtype=np.float64)
+              if with_stress else None)
     if not math.isfinite(energy):
         raise FloatingPointError(f"non-finite energy {energy}")
     if forces.shape != (len(atoms), 3) or not np.isfinite(forces).all():
