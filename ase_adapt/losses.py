@@ -71,6 +71,23 @@ class Targets:
     def empty(self) -> bool:
         return self.energy is None and self.forces is None and self.stress is None
 
+    def labelled_structures(self, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        """[B] bool: structures with at least one label of this head."""
+        out = torch.zeros(num_graphs, dtype=torch.bool, device=batch.device)
+        for mask in (self.energy_mask, self.stress_mask):
+            if mask is not None:
+                out |= mask
+        if self.forces_mask is not None:
+            out[batch[self.forces_mask]] = True
+        return out
+
+    def restricted(self, structures: torch.Tensor, batch: torch.Tensor) -> "Targets":
+        """The same labels, counted only on the structures where ``structures`` [B] is True."""
+        def keep(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+            return None if mask is None else mask & rows
+        return Targets(self.energy, keep(self.energy_mask, structures), self.forces,
+                       keep(self.forces_mask, structures[batch]), self.stress, keep(self.stress_mask, structures))
+
 
 def make_targets(
     labels: Sequence[Mapping[str, object]],

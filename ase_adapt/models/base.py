@@ -23,7 +23,8 @@ appended for the isolated-atom reference) and :meth:`_head_energy`.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
 
 import torch
 from torch import nn
@@ -34,7 +35,25 @@ from ..graph import AtomicGraph
 from .blocks import scatter_sum
 from .heads import HeadDict, head_key
 
-__all__ = ["HeadedModel"]
+__all__ = ["HeadedModel", "HeadChoice"]
+
+
+@dataclass(frozen=True, eq=False)
+class HeadChoice:
+    """Several heads in one force pass: structure ``b`` of the batch gets head ``heads[choice[b]]``.
+
+    Structures of a batch do not interact, so the gradient of the summed energy gives each
+    structure exactly the forces of its own head: K heads cost one backward pass instead of K.
+    Joint training uses it to train every prior head on a share of each batch
+    (``OptimSettings.prior_pass="shared"``). The result is keyed by ``name``.
+    """
+
+    name: str
+    heads: tuple[str, ...]
+    choice: torch.Tensor  # [B] int64 indices into ``heads``
+
+
+HeadSpec = Union[str, HeadChoice]
 
 
 class HeadedModel(nn.Module):
@@ -164,22 +183,23 @@ class HeadedModel(nn.Module):
         """[n] per-atom interaction energy (model dtype, no E0) of ``head``; zero for an isolated atom."""
         raise NotImplementedError
 
-    def forward(self, graph: AtomicGraph, head: str | Sequence[str] = K.MAIN_HEAD, *, compute_forces: bool = True,
-                compute_stress: bool | None = None, create_graph: bool = False) -> dict:
+    def forward(self, graph: AtomicGraph, head: HeadSpec | Sequence[HeadSpec] = K.MAIN_HEAD, *,
+                compute_forces: bool = True, compute_stress: bool | None = None, create_graph: bool = False) -> dict:
         """Evaluate one head (returns a result dict) or several (returns {head: result dict}).
 
         Result keys: ``energy`` [B] and ``node_energy`` [N] (float64, E0 included), ``forces``
         [N, 3] and, for 3D-periodic graphs, ``stress`` [B, 3, 3] (eV/Å³, ASE sign convention).
         ``compute_stress=None`` means "when every structure is 3D-periodic". Several heads share
-        one representation pass. Outputs are detached unless ``create_graph=True``, which a loss
-        on energies or forces that will be differentiated (training, TTT) must pass. An atom
-        without neighbours returns exactly its E0 (its readout difference is masked, not
-        computed: matmul rounding depends on the batch size).
+        one representation pass; a :class:`HeadChoice` shares one force pass too. Outputs are
+        detached unless ``create_graph=True``, which a loss on energies or forces that will be
+        differentiated (training, TTT) must pass. An atom without neighbours returns exactly its
+        E0 (its readout difference is masked, not computed: matmul rounding depends on the batch size).
         """
-        names = [head] if isinstance(head, str) else list(head)
-        for n in names:
-            if n not in self.heads:
-                raise KeyError(f"model has no head {n!r}; heads: {self.head_names}")
+        specs = [head] if isinstance(head, (str, HeadChoice)) else list(head)
+        for spec in specs:
+            for n in (spec.heads if isinstance(spec, HeadChoice) else (spec,)):
+                if n not in self.heads:
+                    raise KeyError(f"model has no head {n!r}; heads: {self.head_names}")
         if compute_stress is None:
             compute_stress = compute_forces and graph.periodic_3d
         if compute_stress and not graph.periodic_3d:
@@ -193,14 +213,28 @@ class HeadedModel(nn.Module):
             h, context = self._shared(graph, species, pos, cell)
             interacting = self.interacting_atoms(graph)
             results = {}
-            for k, name in enumerate(names):
-                hd = self.heads[name]
-                node_int = self._head_energy(hd, h, context, species, graph.num_nodes)
+            for k, spec in enumerate(specs):
+                node_int, node_e0 = self._spec_energy(spec, h, context, species, graph)
                 node_int = torch.where(interacting, node_int, torch.zeros_like(node_int))
-                out = _energy_results(graph, hd, node_int, species, inputs, compute_forces, compute_stress,
-                                      create_graph, retain=create_graph or k < len(names) - 1)
-                results[name] = out
-        return results[names[0]] if isinstance(head, str) else results
+                results[spec if isinstance(spec, str) else spec.name] = _energy_results(
+                    graph, node_int, node_e0, inputs, compute_forces, compute_stress, create_graph,
+                    retain=create_graph or k < len(specs) - 1)
+        if isinstance(head, (str, HeadChoice)):
+            return results[head if isinstance(head, str) else head.name]
+        return results
+
+    def _spec_energy(self, spec: HeadSpec, h: torch.Tensor, context: object, species: torch.Tensor,
+                     graph: AtomicGraph) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] interaction energy, [N] float64 E0) of one head, or of each structure's chosen head."""
+        n = graph.num_nodes
+        if isinstance(spec, str):
+            hd = self.heads[spec]
+            return self._head_energy(hd, h, context, species, n), hd.e0_table(h.device)[species]
+        per_node = spec.choice.to(h.device)[graph.batch]
+        energies = torch.stack([self._head_energy(self.heads[name], h, context, species, n) for name in spec.heads])
+        e0 = torch.stack([self.heads[name].e0_table(h.device) for name in spec.heads])
+        pick = per_node.unsqueeze(0)
+        return energies.gather(0, pick).squeeze(0), e0[per_node, species]
 
 
 def _strained(graph: AtomicGraph, forces: bool, stress: bool):
@@ -218,11 +252,11 @@ def _strained(graph: AtomicGraph, forces: bool, stress: bool):
     return pos, cell, inputs
 
 
-def _energy_results(graph: AtomicGraph, head: nn.Module, node_int: torch.Tensor, species: torch.Tensor,
-                    inputs: list, forces: bool, stress: bool, create_graph: bool, retain: bool) -> dict:
+def _energy_results(graph: AtomicGraph, node_int: torch.Tensor, node_e0: torch.Tensor, inputs: list,
+                    forces: bool, stress: bool, create_graph: bool, retain: bool) -> dict:
     """Result dict of one head: float64 energies with E0, forces and stress by autograd."""
     e_int = scatter_sum(node_int, graph.batch, graph.num_graphs)
-    node_e = node_int.to(torch.float64) + head.e0_table(node_int.device)[species]
+    node_e = node_int.to(torch.float64) + node_e0
     out = {K.NODE_ENERGY: node_e, K.ENERGY: scatter_sum(node_e, graph.batch, graph.num_graphs)}
     if inputs:
         grads = torch.autograd.grad(e_int.sum(), inputs, create_graph=create_graph, retain_graph=retain,

@@ -14,6 +14,7 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
+from .fused import FusedEdgeTP, fused_enabled
 from .heads import E0Table
 
 
@@ -133,6 +134,8 @@ class InteractionBlock(nn.Module):
             self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in
         )
         self.residual = self.irreps_in == self.irreps_out
+        # The same tensor product in channel layout, without slicing edge tensors (models/fused.py).
+        self.fused_tp = FusedEdgeTP(self.tp) if FusedEdgeTP.supports(self.tp) else None
 
     def forward(
         self,
@@ -143,8 +146,12 @@ class InteractionBlock(nn.Module):
         edge_index: torch.Tensor,
     ) -> torch.Tensor:
         centre, neighbour = edge_index
-        messages = self.tp(self.linear_up(h)[neighbour], edge_sh, self.radial(edge_radial))
-        agg = scatter_sum(messages, centre, h.shape[0]) / self.avg_num_neighbors
+        if self.fused_tp is not None and fused_enabled():
+            messages = self.fused_tp.messages(self.linear_up(h), edge_sh, self.radial(edge_radial), neighbour)
+            agg = self.fused_tp.from_channels(scatter_sum(messages, centre, h.shape[0]) / self.avg_num_neighbors)
+        else:
+            messages = self.tp(self.linear_up(h)[neighbour], edge_sh, self.radial(edge_radial))
+            agg = scatter_sum(messages, centre, h.shape[0]) / self.avg_num_neighbors
         out = self.gate(self.linear_down(agg) + self.self_connection(h, node_attrs))
         return out + h if self.residual else out
 

@@ -13,13 +13,28 @@ from torch import nn
 from .._settings import check_types
 from ..losses import LossKind, LossWeights
 
-__all__ = ["Scheduler", "OptimSettings", "make_optimizer", "EMA"]
+__all__ = ["Scheduler", "PriorPass", "OptimSettings", "make_optimizer", "EMA"]
 
 
 class Scheduler(str, enum.Enum):
     PLATEAU = "plateau"
     COSINE = "cosine"
     NONE = "none"
+
+
+class PriorPass(str, enum.Enum):
+    """How a training step gets the forces of several prior heads.
+
+    ``each``: every head its own force pass over the whole batch (K heads: K backward passes
+    through the representation, and K in the loss's double backward). ``shared``: one pass for
+    all prior heads, each structure of the batch training one prior head drawn among those that
+    label it (:class:`~ase_adapt.models.base.HeadChoice`); the main head keeps its own pass.
+    Every head's loss stays the mean over its own structures, so its expected value is the same;
+    a step costs two force passes whatever the number of prior heads.
+    """
+
+    EACH = "each"
+    SHARED = "shared"
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,7 @@ class OptimSettings:
     stress_weight: float = 0.0
     device: str = "cpu"
     progress: bool = True
+    prior_pass: PriorPass = PriorPass.EACH
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -27,12 +27,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .. import _keys as K
 from .._io import atomic_write, check_writable, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
 from ..losses import head_loss
 from .dataset import LabelledFrames
-from .optim import EMA, OptimSettings, Scheduler, make_optimizer  # noqa: F401  (re-exported)
+from ..models.base import HeadChoice
+from .optim import EMA, OptimSettings, PriorPass, Scheduler, make_optimizer  # noqa: F401  (re-exported)
 
 __all__ = ["Scheduler", "OptimSettings", "Stage", "TrainResult", "Trainer"]
 
@@ -122,21 +124,44 @@ class Trainer:
         self.history: list[dict] = []
 
     # ----------------------------------------------------------------------- batches
-    def _loss(self, data: LabelledFrames, idx: Sequence[int], heads: Sequence[str], train: bool):
+    def _loss(self, data: LabelledFrames, idx: Sequence[int], heads: Sequence[str], train: bool,
+              gen: torch.Generator | None = None):
         graph, targets = data.batch(idx, self.model.cutoff, self.model.dtype, self.model.device)
         active = [h for h in heads if h in targets]
         if not active:
             return None, {}
         need_forces = any(targets[h].forces is not None for h in active)
         need_stress = graph.periodic_3d and any(targets[h].stress is not None for h in active)
-        pred = self.model(graph, active, compute_forces=need_forces, compute_stress=need_stress, create_graph=train)
+        specs, shared = list(active), None
+        if train and self.optim.prior_pass is PriorPass.SHARED:
+            shared = self._shared_prior_pass(graph, targets, active, gen)
+            if shared is not None:
+                specs = [h for h in active if h not in shared.heads] + [shared]
+        pred = self.model(graph, specs, compute_forces=need_forces, compute_stress=need_stress, create_graph=train)
         total, parts = None, {}
         for h in active:
             task = self.tasks[h]
-            loss, p = head_loss(pred[h], targets[h], graph.n_atoms, task.weights)
+            if shared is not None and h in shared.heads:
+                mine = shared.choice == shared.heads.index(h)
+                loss, p = head_loss(pred[shared.name], targets[h].restricted(mine, graph.batch), graph.n_atoms,
+                                    task.weights)
+            else:
+                loss, p = head_loss(pred[h], targets[h], graph.n_atoms, task.weights)
             total = task.weight * loss if total is None else total + task.weight * loss
             parts[h] = p
         return total, parts
+
+    @staticmethod
+    def _shared_prior_pass(graph, targets: dict, active: list[str], gen: torch.Generator | None) -> HeadChoice | None:
+        """One force pass for the heads other than ``main``: each structure trains one of those
+        that label it, drawn uniformly (``OptimSettings.prior_pass="shared"``)."""
+        heads = tuple(h for h in active if h != K.MAIN_HEAD)
+        if len(heads) < 2:
+            return None
+        labelled = torch.stack([targets[h].labelled_structures(graph.batch, graph.num_graphs) for h in heads], dim=1)
+        draw = torch.rand(labelled.shape, generator=gen).to(labelled.device)
+        choice = torch.where(labelled, draw + 1.0, torch.zeros_like(draw)).argmax(dim=1)
+        return HeadChoice("priors (shared pass)", heads, choice)
 
     def _evaluate(self, data: LabelledFrames, heads: Sequence[str]) -> dict:
         """Frame-weighted loss and per-head RMSEs over ``data``."""
@@ -241,7 +266,7 @@ class Trainer:
         run_loss, run_n = 0.0, 0
         for b in range(0, n, o.batch_size):
             idx = order[b:b + o.batch_size]
-            loss, _ = self._loss(self.train_set, idx, list(st.heads), train=True)
+            loss, _ = self._loss(self.train_set, idx, list(st.heads), train=True, gen=gen)
             if loss is None:
                 continue
             if not torch.isfinite(loss):
