@@ -48,6 +48,8 @@ ARCHITECTURES = {
     "deep": dict(channels=64, l_max=2, num_layers=3, head_layers=2, radial_hidden=64, head_hidden=32),
     "deep32": dict(channels=32, l_max=2, num_layers=3, head_layers=2, radial_hidden=64, head_hidden=32),
     "shared": dict(channels=64, l_max=2, num_layers=3, head_layers=0, radial_hidden=64, head_hidden=32),
+    "small": dict(channels=32, l_max=1, num_layers=3, head_layers=0, radial_hidden=32, head_hidden=16),  # shipped size
+    "mid": dict(channels=64, l_max=1, num_layers=3, head_layers=0, radial_hidden=64, head_hidden=32),
     "tiny": dict(channels=8, l_max=1, num_layers=2, head_layers=1, radial_hidden=16, head_hidden=8),  # smoke runs
 }
 
@@ -182,7 +184,7 @@ def settings(args, epochs: int):
         optim=OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, ema_decay=0.99,
                             scheduler="cosine", min_lr=args.lr / 100, patience=None, seed=args.seed,
                             energy_weight=1.0, forces_weight=args.forces_weight, device=args.device,
-                            progress=not args.quiet),
+                            progress=not args.quiet, prior_pass=args.prior_pass),
         compute_stats=False,  # computed on the CPU afterwards (--stats): a GPU lease is too short
     )
 
@@ -280,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forces-weight", type=float, default=30.0)
     p.add_argument("--val-frames", type=int, default=200, help="last frames of each training molecule held out")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prior-pass", choices=["each", "shared"], default="shared",
+                   help="prior heads' forces: one pass each, or one shared pass (each structure trains one prior head)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--labels", action="store_true", help="compute the GFN1-xTB prior labels (tblite) and stop")

@@ -90,3 +90,99 @@ def test_md_cli_with_a_yaml_config_and_resume(gentle, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["md.log", "restart.json", "summary.json", "trajectory.extxyz"]
     assert "MD bussi: 30 steps, completed" in capsys.readouterr().out
     assert main(["md", str(structure), "--model", str(ckpt), "--steps", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+# ---------------------------------------------------------------- nothing lost, nothing silently mixed
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_stopped_run_is_never_resumed_or_rewritten(gentle, tmp_path):
+    s = MDSettings(ensemble="nve", temperature_K=3000.0, bond_deviation_limit=0.05, **FAST)
+    summary = run_md(molecule("CH3OH"), MLFFCalculator(gentle), s, tmp_path)
+    assert not summary["completed"] and summary["steps_done"] < 10  # stopped before the first checkpoint
+    before = _snapshot(tmp_path)
+    restart = json.loads((tmp_path / "restart.json").read_text())
+    assert restart["step"] == summary["steps_done"] and restart["ended"]["completed"] is False
+    for steps in (5, 100):
+        with pytest.raises(ValueError, match="stopped at step .* record is kept"):
+            run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**{**vars(s), "steps": steps}), tmp_path,
+                   resume=True)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_completed_run_is_extended_never_cut(gentle, tmp_path, capsys):
+    s = MDSettings(**FAST)
+    run_md(molecule("CH3OH"), MLFFCalculator(gentle), s, tmp_path)
+    before = _snapshot(tmp_path)
+    summary = run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**{**vars(s), "steps": 20}), tmp_path,
+                     resume=True)
+    assert summary["steps_done"] == 40 and _snapshot(tmp_path) == before
+    assert "nothing to do" in capsys.readouterr().out
+    longer = run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**{**vars(s), "steps": 50}), tmp_path,
+                    resume=True)
+    assert longer["steps_done"] == 50 and longer["resumed_from_step"] == 40
+    for name in ("trajectory.extxyz", "md.log"):
+        assert (tmp_path / name).read_bytes().startswith(before[name])  # appended to, never cut
+
+
+def test_resume_refuses_another_model_or_an_added_prior_and_names_it(gentle, make_model, tmp_path):
+    from ase_adapt import AdaptiveCalculator
+
+    s = MDSettings(**FAST)
+    atoms = molecule("CH3OH")
+    run_md(atoms, MLFFCalculator(gentle), MDSettings(**{**vars(s), "steps": 20}), tmp_path)
+    other = make_model(dtype="float64", seed=7)
+    with pytest.raises(ValueError, match="calculator.model"):
+        run_md(atoms, MLFFCalculator(other), s, tmp_path, resume=True)
+    adaptive = AdaptiveCalculator(gentle, "lj", detectors=False, ttt=False, adapt_when="never")
+    with pytest.raises(ValueError, match="calculator.calculator: .*MLFFCalculator.* in the run"):
+        run_md(atoms, adaptive, s, tmp_path, resume=True)
+    with pytest.raises(ValueError, match="temperature_K: 300.0 in the run, 900.0 now"):
+        run_md(atoms, MLFFCalculator(gentle), MDSettings(**{**vars(s), "temperature_K": 900.0}), tmp_path,
+               resume=True)
+    assert run_md(atoms, MLFFCalculator(gentle), s, tmp_path, resume=True)["steps_done"] == 40
+
+
+def test_resume_errors_name_the_folder_or_the_file(gentle, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume in .*empty.* no restart.json"):
+        run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**FAST), tmp_path / "empty", resume=True)
+    run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**{**FAST, "steps": 20}), tmp_path / "run")
+    path = tmp_path / "run" / "restart.json"
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(ValueError, match=r"restart.json is not a readable restart file"):
+        run_md(molecule("CH3OH"), MLFFCalculator(gentle), MDSettings(**FAST), tmp_path / "run", resume=True)
+
+
+def test_cli_resume_takes_what_is_left_out_from_the_run_and_refuses_what_differs(gentle, tmp_path, capsys):
+    other = gentle.save(tmp_path / "other.safetensors")
+    structure = write_frames(tmp_path / "start.xyz", [molecule("CH3OH")])
+    out = str(tmp_path / "md1")
+    assert main(["md", str(structure), "--temperature", "500", "--minimize", "0.5",  # the default model
+                 "--steps", "20", "--checkpoint-every", "10", "--out", out, "--quiet"]) == 0
+    # the docs' example: only --out, --steps and --resume are repeated
+    assert main(["md", str(structure), "--out", out, "--steps", "30", "--resume", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "md1" / "summary.json").read_text())
+    assert summary["steps_done"] == 30 and summary["settings"]["temperature_K"] == 500.0
+    capsys.readouterr()
+    assert main(["md", str(structure), "--out", out, "--steps", "40", "--resume", "--temperature", "300"]) == 2
+    assert "temperature_K: 500.0 in the run, 300.0 now" in capsys.readouterr().err
+    assert main(["md", str(structure), "--out", out, "--steps", "40", "--resume", "--model", str(other)]) == 2
+    assert "calculator.model" in capsys.readouterr().err
+    assert main(["md", str(structure), "--out", out, "--steps", "40", "--resume", "--prior", "lj"]) == 2
+    assert "calculator.calculator" in capsys.readouterr().err
+    assert json.loads((tmp_path / "md1" / "summary.json").read_text())["steps_done"] == 30
+    assert main(["md", str(structure), "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_run_that_stays_hot_is_flagged_and_events_say_time_and_reason():
+    from ase_adapt.workflows.dynamics import Ensemble, describe_event, mean_temperature
+
+    hot = mean_temperature([300.0, 900.0, 1100.0, 1200.0, 1150.0, 1180.0], 500.0, Ensemble.NVT)
+    assert hot["too_hot"] and "1177 K, is 2.4x the target 500 K" in hot["temperature_warning"]
+    assert not mean_temperature([300.0, 520.0, 480.0, 510.0], 500.0, Ensemble.NVT)["too_hot"]
+    assert not mean_temperature([300.0, 900.0, 1100.0, 1200.0], 500.0, Ensemble.NVE)["too_hot"]
+    line = describe_event({"kind": "prior_failed", "action": "answered unadapted", "seconds": 88.04,
+                           "prior_error": "SCF did not converge"})
+    assert line == "prior_failed (answered unadapted), 88.0 s; prior failed: SCF did not converge"

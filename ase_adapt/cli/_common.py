@@ -94,13 +94,13 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ the workflow commands (md, relax, neb)
 def add_workflow_args(parser: argparse.ArgumentParser, default_out: str, unknown_elements: bool = True) -> None:
     """--model, --prior, --out, --config (and --unknown-elements), the same in every workflow command."""
-    parser.add_argument("--model", default="default", help="checkpoint or built-in name (default: default)")
+    parser.add_argument("--model", help="checkpoint or built-in name (default: default; on --resume: the run's)")
     parser.add_argument("--prior", metavar="SPEC", help="adapt with this prior (AdaptiveCalculator); " + PRIOR_HELP)
     parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     parser.add_argument("--config", metavar="YAML", help="settings from a YAML file with the options' names as "
                         "keys; options given on the command line override it")
     if unknown_elements:
-        parser.add_argument("--unknown-elements", choices=["error", "nearest"], default="error",
+        parser.add_argument("--unknown-elements", choices=["error", "nearest"],
                             help="elements the model never saw: refuse (default) or map to the nearest known one")
 
 

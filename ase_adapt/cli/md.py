@@ -4,9 +4,11 @@ STRUCTURE is an extxyz (or .db) file; its last frame starts the run. With --prio
 inside an AdaptiveCalculator (shift detection, and TTT against the prior when a detector fires);
 without it, a plain MLFFCalculator. Outputs go to --out: trajectory.extxyz, md.log (with the
 adaptation events interleaved), restart.json and summary.json. A killed run continues with
---resume (same settings; --steps may be raised). Settings may come from a YAML file (--config)
-with the same keys as the long options (ensemble, steps, temperature, timestep, ...); options
-given on the command line override it.
+--resume: the settings, model and prior you leave out are the run's own, and one you give that
+differs from the run's is refused, naming it; --steps may be raised to run longer. A run that
+stopped (an instability) is never resumed or rewritten. Settings may come from a YAML file
+(--config) with the same keys as the long options (ensemble, steps, temperature, timestep, ...);
+options given on the command line override it.
 
 examples:
   ase-adapt md molecule.xyz --steps 2000 --temperature 500 --out md1
@@ -31,12 +33,13 @@ _OPTIONS = {"ensemble": "ensemble", "steps": "steps", "temperature": "temperatur
 @dataclass(frozen=True)
 class MDCommand:
     structure: str
-    model: str = "default"
-    prior: str | None = None
+    model: str | None = None             # None: "default", or the resumed run's
+    prior: str | None = None             # None: no prior, or the resumed run's
     out: str = "md-output"
     resume: bool = False
-    unknown_elements: str = "error"
+    unknown_elements: str | None = None  # None: "error", or the resumed run's
     md: MDSettings = field(default_factory=MDSettings)
+    md_given: tuple[str, ...] = ()       # the MDSettings fields the user set (flags or --config)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +66,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> MDCommand:
     values = settings_values(args, MDSettings, _OPTIONS)
     return MDCommand(structure=args.structure, model=args.model, prior=args.prior, out=args.out, resume=args.resume,
-                     unknown_elements=args.unknown_elements, md=MDSettings(**values))
+                     unknown_elements=args.unknown_elements, md=MDSettings(**values),
+                     md_given=tuple(sorted(k for k in values if k != "progress")))
+
+
+def resumed(settings: MDCommand) -> MDCommand:
+    """``settings`` completed from the run in ``--out``: what the user left out is the run's own."""
+    from dataclasses import replace
+
+    from ..workflows.dynamics import read_restart
+
+    record = read_restart(settings.out)
+    command = record.get("command") or {}
+    run_settings = {**record["settings"], "steps": record.get("target_steps", settings.md.steps)}
+    given = {k: getattr(settings.md, k) for k in (*settings.md_given, "progress")}
+    md = MDSettings(**{**run_settings, **given})
+    return replace(settings, md=md,
+                   model=settings.model if settings.model is not None else command.get("model"),
+                   prior=settings.prior if settings.prior is not None else command.get("prior"),
+                   unknown_elements=(settings.unknown_elements if settings.unknown_elements is not None
+                                     else command.get("unknown_elements")))
 
 
 def run(settings: MDCommand) -> dict:
@@ -71,9 +93,15 @@ def run(settings: MDCommand) -> dict:
     from ..workflows.dynamics import run_md
 
     atoms = read_frames(settings.structure, -1)[0]
-    calc = workflow_calculator(settings.model, settings.prior, settings.unknown_elements)
-    summary = run_md(atoms, calc, settings.md, settings.out, resume=settings.resume)
-    state = "completed" if summary["completed"] else f"stopped: {summary['stopped_because']}"
-    print(f"MD {settings.md.ensemble.value}: {summary['steps_done']} steps, {state}, "
-          f"{summary['ms_per_step']:.1f} ms/step; outputs in {settings.out}")
+    if settings.resume:
+        settings = resumed(settings)
+    model, unknown = settings.model or "default", settings.unknown_elements or "error"
+    calc = workflow_calculator(model, settings.prior, unknown)
+    command = {"model": model, "prior": settings.prior, "unknown_elements": unknown}
+    summary = run_md(atoms, calc, settings.md, settings.out, resume=settings.resume, command=command)
+    state = "completed" if summary.get("completed") else f"stopped: {summary.get('stopped_because')}"
+    speed = f", {summary['ms_per_step']:.1f} ms/step" if "ms_per_step" in summary else ""
+    print(f"MD {settings.md.ensemble.value}: {summary['steps_done']} steps, {state}{speed}; outputs in {settings.out}")
+    if summary.get("temperature_warning"):
+        print(f"warning: {summary['temperature_warning']}")
     return summary

@@ -52,7 +52,7 @@ def settings_from_args(args: argparse.Namespace) -> NEBCommand:
     if args.no_relax_endpoints:
         values["relax_endpoints"] = False
     neb = NEBSettings(**values)
-    return NEBCommand(initial=args.initial, final=args.final, model=args.model, prior=args.prior, out=args.out, neb=neb)
+    return NEBCommand(initial=args.initial, final=args.final, model=args.model or "default", prior=args.prior, out=args.out, neb=neb)
 
 
 def run(settings: NEBCommand) -> dict:

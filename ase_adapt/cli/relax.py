@@ -47,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> RelaxCommand:
     values = settings_values(args, RelaxSettings, {k: k for k in _OPTIONS})
-    return RelaxCommand(structure=args.structure, model=args.model, prior=args.prior, out=args.out,
-                        unknown_elements=args.unknown_elements, relax=RelaxSettings(**values))
+    return RelaxCommand(structure=args.structure, model=args.model or "default", prior=args.prior, out=args.out,
+                        unknown_elements=args.unknown_elements or "error", relax=RelaxSettings(**values))
 
 
 def run(settings: RelaxCommand) -> dict:

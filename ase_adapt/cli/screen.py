@@ -75,8 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> ScreenCommand:
     values = settings_values(args, ScreenSettings, _OPTIONS)
     if not (args.structures or values.get("compositions") or values.get("elements")):
         raise ValueError("give --compositions, --elements or --structures")
-    return ScreenCommand(model=args.model, prior=args.prior, out=args.out, structures=args.structures,
-                         scheduler=args.scheduler, workers=args.workers, unknown_elements=args.unknown_elements,
+    return ScreenCommand(model=args.model or "default", prior=args.prior, out=args.out, structures=args.structures,
+                         scheduler=args.scheduler, workers=args.workers, unknown_elements=args.unknown_elements or "error",
                          screen=ScreenSettings(**values))
 
 

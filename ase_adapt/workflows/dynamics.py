@@ -8,12 +8,18 @@ and NVE velocity Verlet (``nve``). Outputs in ``out``:
 - ``md.log``: step, time, E_pot, E_kin, E_tot, T every ``log_every`` steps, with the calculator's
   adaptation events (shift verdicts, TTT, rollbacks) interleaved as ``# event`` lines;
 - ``restart.json``: everything a killed run needs to continue, written atomically every
-  ``checkpoint_every`` steps: step, positions, momenta, the integrator's random state, and the
-  lengths of the trajectory and log at that moment. ``resume=True`` truncates both files to
-  those lengths and continues, so the continuation is identical to an uninterrupted run for any
-  deterministic calculator (an :class:`~ase_adapt.AdaptiveCalculator` re-checks the resumed
-  structure: its adaptation is not part of the restart);
-- ``summary.json``: settings, steps done, why the run stopped, the stability verdict and timings.
+  ``checkpoint_every`` steps and when the run ends: step, positions, momenta, the integrator's
+  random state, the lengths of the trajectory and log at that moment, the settings and what
+  computes the forces (:func:`~ase_adapt.workflows.provenance.calculator_identity`: model
+  weights by content, head, prior, adaptation settings). ``resume=True`` truncates the files of
+  a *killed* run to those lengths and continues, so the continuation is identical to an
+  uninterrupted run for any deterministic calculator (an :class:`~ase_adapt.AdaptiveCalculator`
+  re-checks the resumed structure: its adaptation is not part of the restart). A resume with
+  other settings or another calculator is refused, naming what differs. A run that ended is
+  never rewritten: one that stopped (an instability) cannot be resumed, and one that completed
+  is only extended, when more ``steps`` are asked for;
+- ``summary.json``: settings, steps done, why the run stopped, the stability verdict, the mean
+  temperature (flagged when it stays far above the target) and timings, adaptation included.
 
 ``minimize_fmax`` relaxes the structure with BFGS before a fresh run: a structure far from the
 model's minimum heats up as it falls into it (ethanol from ASE's geometry passed 1,500 K at a
@@ -40,13 +46,17 @@ from ase.calculators.calculator import CalculationFailed
 from .._io import check_writable, write_json
 from .._settings import check_types
 from .md import reference_bonds
+from .provenance import calculator_identity, differences
 
-__all__ = ["Ensemble", "MDSettings", "run_md"]
+__all__ = ["Ensemble", "MDSettings", "run_md", "read_restart"]
 
 TRAJECTORY, LOG, RESTART, SUMMARY = "trajectory.extxyz", "md.log", "restart.json", "summary.json"
 # K: the instantaneous temperature of a small molecule swings far above its target (a 9-atom
 # molecule started off its minimum passed 1,500 K at a 300 K target); a blow-up goes far beyond.
 MIN_TEMPERATURE_LIMIT = 3000.0
+# A thermostatted run whose mean temperature over its second half exceeds this factor x the target
+# has not equilibrated (the model's minimum is far from the start, or the dynamics heat up).
+HOT_FACTOR = 1.5
 
 
 class Ensemble(str, enum.Enum):
@@ -107,48 +117,63 @@ def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
 class _Run:
     """One run's state, files and monitor (a class so that the loop reads in a few lines)."""
 
-    def __init__(self, atoms: Atoms, calc: Any, s: MDSettings, out: Path) -> None:
-        self.s, self.out, self.calc = s, out, calc
+    def __init__(self, atoms: Atoms, calc: Any, s: MDSettings, out: Path, command: dict | None = None) -> None:
+        self.s, self.out, self.calc, self.command = s, out, calc, dict(command or {})
+        self.identity = calculator_identity(calc)
+        self.temperatures: list[float] = []  # at every log line, for the equilibration check
         self.atoms = atoms.copy()
         self.atoms.calc = calc
         self.rng = np.random.default_rng(s.seed)
         self.step, self.failure = 0, None
         self.events_seen = len(getattr(calc, "events", None) or [])  # events of earlier runs are not this run's
+        self.adaptation_seconds = 0.0
         self.bonds, self.lengths = reference_bonds(atoms) if not atoms.pbc.any() else (np.zeros((0, 2), int), None)
         self.max_dev = 0.0
 
     # ------------------------------------------------------------------ restart
-    def restore(self) -> None:
-        r = json.loads((self.out / RESTART).read_text())
-        if r["settings"] != _plain(self.s, resume_ok=True):
-            raise ValueError(f"{self.out / RESTART} was written with other settings; use a new --out or the same settings")
+    def restore(self, r: dict[str, Any]) -> None:
+        """Continue from restart record ``r``; refuse one of other settings, calculator or structure."""
+        path = self.out / RESTART
+        differ = differences(r["settings"], _plain(self.s, resume_ok=True))
+        differ += differences(r.get("calculator") or {}, self.identity, "calculator.")
+        if differ:
+            raise ValueError(f"{path} was written by a run with other settings: " + "; ".join(differ)
+                             + ". Resume with the run's own settings (options left out are taken from it), "
+                             "or start a new run in a new --out")
         if r["numbers"] != self.atoms.numbers.tolist():
-            raise ValueError(f"{self.out / RESTART} belongs to another structure")
+            raise ValueError(f"{path} belongs to another structure")
         self.atoms.positions = np.array(r["positions"])
         self.atoms.set_momenta(np.array(r["momenta"]))
         self.atoms.cell = np.array(r["cell"])
         self.rng.bit_generator.state = r["rng"]
         self.step, self.max_dev = r["step"], r["max_bond_deviation"]
+        self.temperatures = list(r.get("temperatures", []))
         self.bonds, self.lengths = np.array(r["bonds"], dtype=int).reshape(-1, 2), np.array(r["bond_lengths"])
         for name, size in r["file_sizes"].items():
             path = self.out / name
             if not path.is_file() or path.stat().st_size < size:
                 raise ValueError(f"{path} is shorter than at the restart point (was it edited or lost?); "
                                  "start a new run in a new --out")
-            with open(path, "r+b") as fh:
-                fh.truncate(size)  # what was written after the restart point is written again
+            if r.get("ended") is None:  # a killed run: what it wrote after the restart point is written again
+                with open(path, "r+b") as fh:
+                    fh.truncate(size)
+            elif path.stat().st_size != size:
+                raise ValueError(f"{path} changed after its run ended; it is left as it is. Start a new run in a new --out")
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, ended: dict[str, Any] | None = None) -> None:
         sizes = {name: (self.out / name).stat().st_size for name in (TRAJECTORY, LOG)}
         for name in sizes:  # the lines the restart points at are on disk before the restart is
             with open(self.out / name, "rb+") as fh:
                 os.fsync(fh.fileno())
         write_json(self.out / RESTART, {
-            "settings": _plain(self.s, resume_ok=True), "step": self.step, "numbers": self.atoms.numbers.tolist(),
+            "settings": _plain(self.s, resume_ok=True), "target_steps": self.s.steps, "calculator": self.identity,
+            "command": self.command,
+            "step": self.step, "numbers": self.atoms.numbers.tolist(),
             "positions": self.atoms.positions.tolist(), "momenta": self.atoms.get_momenta().tolist(),
             "cell": self.atoms.cell.array.tolist(), "rng": self.rng.bit_generator.state,
             "max_bond_deviation": self.max_dev, "bonds": self.bonds.tolist(),
-            "bond_lengths": [] if self.lengths is None else self.lengths.tolist(), "file_sizes": sizes})
+            "bond_lengths": [] if self.lengths is None else self.lengths.tolist(), "file_sizes": sizes,
+            "temperatures": self.temperatures, "ended": ended})
 
     # ------------------------------------------------------------------ output and monitor
     def record(self) -> None:
@@ -160,6 +185,7 @@ class _Run:
                 write(fh, a, format="extxyz")
         if self.step % s.log_every == 0:
             epot, ekin = a.get_potential_energy(), a.get_kinetic_energy()
+            self.temperatures.append(float(a.get_temperature()))
             lines = self._new_events()
             lines.append(f"{self.step:>10d} {self.step * s.timestep_fs / 1000:>10.4f} {epot:>16.6f} {ekin:>12.6f} "
                          f"{epot + ekin:>16.6f} {a.get_temperature():>9.2f}")
@@ -170,7 +196,8 @@ class _Run:
         events = getattr(self.calc, "events", None) or []
         new = events[self.events_seen:]
         self.events_seen = len(events)
-        return [f"# event at step {self.step}: {e.get('kind')} ({e.get('action')})" for e in new]
+        self.adaptation_seconds += sum(float(e.get("seconds") or 0.0) for e in new)
+        return [f"# event at step {self.step}: {describe_event(e)}" for e in new]
 
     def unstable(self) -> str | None:
         a, s = self.atoms, self.s
@@ -190,6 +217,49 @@ class _Run:
         return None
 
 
+def describe_event(e: dict[str, Any]) -> str:
+    """One log line of an adaptation event: what happened, how long it took, and why if it failed."""
+    text = f"{e.get('kind')} ({e.get('action')})"
+    if e.get("seconds") is not None:
+        text += f", {float(e['seconds']):.1f} s"
+    if e.get("prior_error"):
+        text += f"; prior failed: {e['prior_error']}"
+    ttt = e.get("ttt") or {}
+    if ttt.get("rolled_back") and ttt.get("rollback_reason"):
+        text += f"; rolled back: {ttt['rollback_reason']}"
+    return text
+
+
+def mean_temperature(temperatures: list[float], target: float, ensemble: "Ensemble") -> dict[str, Any]:
+    """Mean temperature over the second half of the logged steps, flagged when far above a thermostat's target."""
+    half = temperatures[len(temperatures) // 2:]
+    mean = float(np.mean(half)) if half else None
+    hot = (mean is not None and ensemble is not Ensemble.NVE and target > 0 and len(temperatures) >= 4
+           and mean > HOT_FACTOR * target)
+    return {"mean_temperature_K_second_half": mean, "too_hot": bool(hot),
+            "temperature_warning": (f"the mean temperature over the second half of the run, {mean:.0f} K, is "
+                                    f"{mean / target:.1f}x the target {target:g} K: the run did not equilibrate "
+                                    "(a start far from the model's minimum, or dynamics that heat up); relax first "
+                                    "(--minimize), shorten the timestep or check the model on this system")
+            if hot else None}
+
+
+def read_restart(out: str | Path) -> dict[str, Any]:
+    """The restart record of the run in ``out``; a missing or unreadable file is a clear ValueError."""
+    path = Path(out) / RESTART
+    if not path.is_file():
+        raise ValueError(f"nothing to resume in {out}: it holds no {RESTART} (no run was started there); "
+                         "leave out --resume to start a run")
+    try:
+        record = json.loads(path.read_text())
+        for key in ("settings", "step", "numbers", "positions", "momenta", "rng", "file_sizes"):
+            record[key]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable restart file ({type(exc).__name__}: {exc}); the run cannot "
+                         "be resumed from it. Its trajectory and log are kept; start a new run in a new --out") from None
+    return record
+
+
 def _plain(s: MDSettings, resume_ok: bool = False) -> dict[str, Any]:
     d = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(s).items()}
     if resume_ok:  # may differ between a run and its resumption
@@ -199,24 +269,35 @@ def _plain(s: MDSettings, resume_ok: bool = False) -> dict[str, Any]:
 
 
 def run_md(atoms: Atoms, calc: Any, settings: MDSettings | None = None, out: str | Path = "md-output",
-           *, resume: bool = False) -> dict[str, Any]:
+           *, resume: bool = False, command: dict | None = None) -> dict[str, Any]:
     """Run MD from ``atoms`` (copied) with ``calc``; write the outputs into ``out``; return the summary.
 
-    ``resume=True`` continues from ``out/restart.json`` (``steps`` may be raised to run longer);
-    without it an existing restart is refused rather than overwritten.
+    ``resume=True`` continues the run in ``out`` (``steps`` may be raised to run longer); the
+    settings and the calculator must be the run's own. Without it an existing restart is refused
+    rather than overwritten. ``command`` (plain data, e.g. the CLI's model and prior specs) is
+    kept in the restart file for whoever resumes.
     """
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from tqdm.auto import tqdm
 
     s = settings or MDSettings()
     out = check_writable(out, directory=True)
-    run = _Run(atoms, calc, s, out)
     if (out / RESTART).exists() and not resume:
         raise FileExistsError(f"{out} holds a run ({RESTART}); pass resume=True (--resume) or choose a new --out")
-    if resume and (out / RESTART).exists():
-        run.restore()
+    record = read_restart(out) if resume else None
+    run = _Run(atoms, calc, s, out, command)
+    if record is not None:
+        ended = record.get("ended")
+        if ended is not None and not ended.get("completed", False):
+            raise ValueError(f"the run in {out} stopped at step {record['step']} ({ended.get('stopped_because')}); "
+                             "its record is kept as it is. Resuming would continue past that; start a new run "
+                             "in a new --out")
+        run.restore(record)
+        if ended is not None and s.steps <= run.step:
+            print(f"nothing to do: the run in {out} completed {run.step} steps; ask for more with a larger --steps")
+            return json.loads((out / SUMMARY).read_text()) if (out / SUMMARY).is_file() else {"steps_done": run.step}
     else:
-        for name in (TRAJECTORY, LOG):
+        for name in (TRAJECTORY, LOG, SUMMARY):
             (out / name).unlink(missing_ok=True)
         (out / LOG).write_text("#       step    time/ps       E_pot/eV     E_kin/eV       E_total/eV       T/K\n")
         if s.minimize_fmax is not None:  # a structure far from the model's minimum heats up as it falls
@@ -242,14 +323,20 @@ def run_md(atoms: Atoms, calc: Any, settings: MDSettings | None = None, out: str
             bar.update(1)
             run.failure = run.unstable()
             run.record()
-            if run.step % s.checkpoint_every == 0 or run.step == s.steps:
+            if run.step % s.checkpoint_every == 0 and run.step < s.steps and run.failure is None:
                 run.checkpoint()
     seconds = time.perf_counter() - t0
-    summary = {"settings": _plain(s), "steps_done": run.step, "completed": run.failure is None,
-               "stopped_because": run.failure, "max_bond_deviation_A": run.max_dev,
-               "seconds_this_call": seconds, "ms_per_step": 1e3 * seconds / max(run.step - start, 1),
+    run._new_events()  # events after the last log line count too
+    heat = mean_temperature(run.temperatures, s.temperature_K, s.ensemble)
+    if heat["too_hot"]:
+        with open(out / LOG, "a") as fh:
+            fh.write(f"# warning: {heat['temperature_warning']}\n")
+    run.checkpoint(ended={"completed": run.failure is None, "stopped_because": run.failure})
+    summary = {"settings": _plain(s), "calculator": run.identity, "steps_done": run.step,
+               "completed": run.failure is None, "stopped_because": run.failure, "max_bond_deviation_A": run.max_dev,
+               **heat, "seconds_this_call": seconds, "adaptation_seconds_this_call": run.adaptation_seconds,
+               "ms_per_step": 1e3 * seconds / max(run.step - start, 1),
                "resumed_from_step": start if resume else None,
                "outputs": {name: str(out / name) for name in (TRAJECTORY, LOG, RESTART)}}
     write_json(out / SUMMARY, summary)
     return summary
-
