@@ -73,6 +73,14 @@ def test_info_describes_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(out.read_text()) == summary and "head main" in capsys.readouterr().out
 
 
+def test_info_describes_a_foreign_model(capsys: pytest.CaptureFixture) -> None:
+    """Every spec load_model accepts works in info (it printed a KeyError 'channels' traceback)."""
+    pytest.importorskip("sevenn")  # installed by the test extra: this runs in CI
+    assert main(["info", "--model", "sevennet:7net-0"]) == 0
+    out = capsys.readouterr().out
+    assert "kind sevennet" in out and "89 elements" in out and "head main" in out
+
+
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", "--model", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err

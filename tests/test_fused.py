@@ -51,7 +51,7 @@ def _force_loss_grads(model, graph) -> list[torch.Tensor]:
 @pytest.mark.parametrize("l_max", [0, 1, 2, 3])
 def test_fused_tensor_product_equals_e3nn(l_max: int) -> None:
     model = _model(l_max)
-    assert all(b.fused_tp is not None for b in model.interaction_blocks())
+    assert all(b.fused_tp is not None and b.fused_self_connection is not None for b in model.interaction_blocks())
     mols, si = _structures()
     for structures in (mols, [si]):
         graph = build_graph(structures, model.cutoff, dtype=torch.float64)
@@ -88,6 +88,15 @@ def test_fused_buffers_are_derived_not_saved(tmp_path) -> None:
 
 def test_fused_refuses_what_it_cannot_evaluate() -> None:
     from e3nn import o3
+
+    from ase_adapt.models.fused import FusedSelfConnection
+
+    species = o3.FullyConnectedTensorProduct("2x0e+2x1o", "3x0e", "4x0e+2x1o")
+    assert FusedSelfConnection.supports(species)
+    not_scalar = o3.FullyConnectedTensorProduct("2x0e+2x1o", "1x1o", "2x0e+2x1o")
+    assert not FusedSelfConnection.supports(not_scalar)
+    with pytest.raises(ValueError, match="cannot evaluate"):
+        FusedSelfConnection(not_scalar)
 
     tp = o3.FullyConnectedTensorProduct("2x0e+2x1o", "1x0e+1x1o", "2x0e+2x1o", shared_weights=False,
                                         internal_weights=False)

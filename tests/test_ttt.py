@@ -262,6 +262,31 @@ def test_a_loss_that_turns_nan_rolls_back_to_the_start(ready, system, monkeypatc
     assert _same(model.parameters(), before)
 
 
+def test_a_loss_that_turns_nan_after_held_out_gains_still_rolls_back(ready, system, monkeypatch):
+    """The held-out loss fell before the NaN (so there were 'best' weights): still nothing is kept."""
+    import ase_adapt.adapt.ttt as ttt_module
+    from ase_adapt.losses import model_loss
+
+    calls = {"n": 0}
+
+    def turning_nan(*args, **kwargs):
+        out = model_loss(*args, **kwargs)
+        if kwargs.get("create_graph"):
+            calls["n"] += 1
+            if calls["n"] > 12:
+                return (out[0] * float("nan"),) + tuple(out[1:])
+        return out
+
+    model = copy.deepcopy(ready)
+    before = _clone(model.parameters())
+    monkeypatch.setattr(ttt_module, "model_loss", turning_nan)
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=50, eval_every=2, **NO_GUARD),
+                        head="prior")
+    assert r.steps == 12 and r.rolled_back and "non-finite loss after 12 steps" in r.stop_reason
+    assert r.loss_after == r.loss_before
+    assert _same(model.parameters(), before)
+
+
 def test_a_prior_loss_that_is_not_finite_before_ttt_is_refused(ready, system, monkeypatch):
     import ase_adapt.adapt.ttt as ttt_module
     from ase_adapt.errors import PriorError

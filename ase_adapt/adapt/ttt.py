@@ -226,9 +226,14 @@ def test_time_train(
             raise PriorError(f"the prior loss is not finite before TTT ({before}); not adapting")
         steps, reason, best_loss, best_params = _descend(model, params, batches, fit_idx, held_out, before,
                                                          head, weights, s, rng)
-        rolled_back = best_params is None
+        # A non-finite loss means the steps diverged: nothing of this TTT is kept (reliability item 12).
+        diverged = reason == "non-finite loss"
+        rolled_back = best_params is None or diverged
         _load(params, start if rolled_back else best_params)
-        if rolled_back:
+        if diverged:
+            reason = f"rolled back: non-finite loss after {steps} steps (the starting weights are kept)"
+            best_loss = before
+        elif rolled_back:
             reason = f"rolled back ({reason}; the held-out prior loss never fell)" if steps else reason
             best_loss = before
         if s.guard is not None and not rolled_back:

@@ -53,9 +53,12 @@ def run(settings: InfoSettings) -> dict:
 
         write_json(settings.json, summary)
     cfg = summary["config"]
-    print(f"elements   {' '.join(chemical_symbols[z] for z in cfg['elements'])}")
-    print(f"cutoff     {cfg['cutoff']} Å   channels {cfg['channels']}   l_max {cfg['l_max']}   "
-          f"layers {cfg['num_layers']}   dtype {cfg['dtype']}   parameters {summary['parameters']}")
+    elements = [chemical_symbols[z] for z in cfg.get("elements", [])]
+    print(f"elements   {' '.join(elements) if len(elements) <= 20 else f'{len(elements)} elements'}")
+    # every model has a cutoff; the architecture keys depend on its kind (built-in, sevennet, mace)
+    arch = [f"{key} {cfg[key]}" for key in ("kind", "channels", "l_max", "num_layers", "num_blocks", "dtype")
+            if key in cfg]
+    print(f"cutoff     {cfg.get('cutoff')} Å   " + "   ".join(arch) + f"   parameters {summary['parameters']}")
     for name, e0 in summary["heads"].items():
         print(f"head {name:<14} E0 " + "  ".join(f"{s}={v:.4f}" for s, v in e0.items()))
     print(f"statistics {', '.join(summary['training_stats']) or 'none'}")

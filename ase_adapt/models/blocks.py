@@ -14,7 +14,7 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
-from .fused import FusedEdgeTP, fused_enabled
+from .fused import FusedEdgeTP, FusedSelfConnection, fused_enabled
 from .heads import E0Table
 
 
@@ -136,6 +136,8 @@ class InteractionBlock(nn.Module):
         self.residual = self.irreps_in == self.irreps_out
         # The same tensor product in channel layout, without slicing edge tensors (models/fused.py).
         self.fused_tp = FusedEdgeTP(self.tp) if FusedEdgeTP.supports(self.tp) else None
+        sc = self.self_connection
+        self.fused_self_connection = FusedSelfConnection(sc) if FusedSelfConnection.supports(sc) else None
 
     def forward(
         self,
@@ -146,13 +148,18 @@ class InteractionBlock(nn.Module):
         edge_index: torch.Tensor,
     ) -> torch.Tensor:
         centre, neighbour = edge_index
-        if self.fused_tp is not None and fused_enabled():
+        fused = fused_enabled()
+        if self.fused_tp is not None and fused:
             messages = self.fused_tp.messages(self.linear_up(h), edge_sh, self.radial(edge_radial), neighbour)
             agg = self.fused_tp.from_channels(scatter_sum(messages, centre, h.shape[0]) / self.avg_num_neighbors)
         else:
             messages = self.tp(self.linear_up(h)[neighbour], edge_sh, self.radial(edge_radial))
             agg = scatter_sum(messages, centre, h.shape[0]) / self.avg_num_neighbors
-        out = self.gate(self.linear_down(agg) + self.self_connection(h, node_attrs))
+        if fused and self.fused_self_connection is not None:
+            own = self.fused_self_connection(self.self_connection, h, node_attrs)
+        else:
+            own = self.self_connection(h, node_attrs)
+        out = self.gate(self.linear_down(agg) + own)
         return out + h if self.residual else out
 
 

@@ -1,4 +1,9 @@
-"""A fused edge tensor product: the same function as e3nn's ``uvu`` TensorProduct, in channel layout.
+"""Fused kernels: the same functions as e3nn's tensor products, with fewer and larger operations.
+
+:class:`FusedEdgeTP` is the interaction block's edge tensor product (``uvu``, per-edge weights) in
+channel layout; :class:`FusedSelfConnection` its species-dependent self-connection (a
+``FullyConnectedTensorProduct`` with scalar node attributes) as one matmul and one batched
+matmul per irrep.
 
 The interaction block's message is ``TP(x_j, Y(r_ij); R(|r_ij|))`` with per-edge weights. e3nn
 evaluates it path by path on the ``mul_ir`` layout: it slices every input irrep and every path's
@@ -22,13 +27,14 @@ tensor is sliced. The e3nn module stays the reference implementation
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
 from e3nn import o3
 from torch import nn
 
-__all__ = ["FusedEdgeTP", "reference_kernels", "fused_enabled"]
+__all__ = ["FusedEdgeTP", "FusedSelfConnection", "reference_kernels", "fused_enabled"]
 
 _STATE = {"fused": True}
 
@@ -135,3 +141,52 @@ class FusedEdgeTP(nn.Module):
         u = torch.bmm(z, xj)                                                         # [E, Q, C]
         w = weights.view(e, self.num_paths, self.channels).index_select(1, self.q_path)  # [E, Q, C]
         return u * w
+
+
+class FusedSelfConnection(nn.Module):
+    """e3nn ``FullyConnectedTensorProduct(x, attrs)`` with scalar ``attrs`` (the species one-hot).
+
+    For each path ``(l, 0e) -> l``: ``out[n, w, i] = c * sum_{u,v} x[n, u, i] a[n, v] W[u, v, w]``
+    with ``c`` = path weight / sqrt(2l+1) (e3nn's w3j(l, 0, l)). Computed as the per-node matrix
+    ``a @ W`` (one matmul) and one batched matmul. It holds only the paths' layout; the weight is
+    read from the e3nn module at each call.
+    """
+
+    @staticmethod
+    def supports(tp: o3.TensorProduct) -> bool:
+        return (
+            tp.internal_weights and tp.shared_weights
+            and all(ir.l == 0 and ir.p == 1 for _, ir in tp.irreps_in2)
+            and len({ins.i_out for ins in tp.instructions}) == len(tp.instructions)
+            and all(ins.connection_mode == "uvw" and ins.has_weight for ins in tp.instructions)
+        )
+
+    def __init__(self, tp: o3.TensorProduct) -> None:
+        super().__init__()
+        if not self.supports(tp):
+            raise ValueError(f"FusedSelfConnection cannot evaluate {tp}")
+        slices1, slices2 = tp.irreps_in1.slices(), tp.irreps_in2.slices()
+        self._paths, offset = [], 0
+        for ins in tp.instructions:
+            (mul1, ir1), (mul2, _), (mulo, iro) = (tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2],
+                                                   tp.irreps_out[ins.i_out])
+            n = mul1 * mul2 * mulo
+            self._paths.append((slices1[ins.i_in1], slices2[ins.i_in2], offset, (mul1, mul2, mulo), ir1.dim,
+                                ins.i_out, ins.path_weight / math.sqrt(iro.dim)))
+            offset += n
+        self._out = [(mul, ir.dim) for mul, ir in tp.irreps_out]
+
+    def forward(self, tp: o3.TensorProduct, x: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """``tp(x, attrs)`` for the module this was built from (its current weight is read)."""
+        weight = tp.weight
+        n = x.shape[0]
+        outs: list[torch.Tensor | None] = [None] * len(self._out)
+        for s1, s2, offset, (mul1, mul2, mulo), dim, i_out, coeff in self._paths:
+            w = weight[offset:offset + mul1 * mul2 * mulo].view(mul1, mul2, mulo)
+            per_node = (attrs[:, s2] @ w.transpose(0, 1).reshape(mul2, mul1 * mulo)).view(n, mul1, mulo)
+            y = torch.bmm(x[:, s1].view(n, mul1, dim).transpose(1, 2), per_node)   # [N, i, w]
+            outs[i_out] = (y.transpose(1, 2) * coeff).reshape(n, mulo * dim)
+        for k, (mul, dim) in enumerate(self._out):
+            if outs[k] is None:
+                outs[k] = x.new_zeros(n, mul * dim)
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
