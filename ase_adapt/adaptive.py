@@ -35,6 +35,7 @@ from .adapt.pipeline import AdaptationState, AdaptMode, AdaptSettings, adapt, as
 from .adapt.store import AdaptationStore
 from .adapt.trigger import TopologyTrigger, TriggerSettings, system_fingerprint
 from .adapt.ttt import TTTResult, TTTSettings, prior_head_for
+from ._threads import intra_op_threads
 from .calculator import MLFFCalculator, is_out_of_memory
 from .elements import UnknownPolicy
 from .errors import CalculationFailed, InvalidStructureError
@@ -196,15 +197,16 @@ class AdaptiveCalculator(MLFFCalculator):
             return self.state.report
         self._store.load_base()
         self.state = None
-        found = assess(self.model, atoms, self.prior, self.stats, self.settings)
-        try:
-            state = adapt(self.model, atoms, found, self.prior, self.stats, self.settings, structures)
-        except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
-            oom = self._ttt_failed(exc, event, found.report, t0)
-            if oom is None:
-                raise
-        else:
-            oom = None
+        with intra_op_threads(len(atoms), self.threads):  # the model's compute; priors limit their own
+            found = assess(self.model, atoms, self.prior, self.stats, self.settings)
+            try:
+                state = adapt(self.model, atoms, found, self.prior, self.stats, self.settings, structures)
+            except BaseException as exc:  # OOM, KeyboardInterrupt, a backend error: restored, logged, re-raised
+                oom = self._ttt_failed(exc, event, found.report, t0)
+                if oom is None:
+                    raise
+            else:
+                oom = None
         if oom is not None:  # raised outside the handler, so the failed TTT's tensors can be freed
             raise CalculationFailed(oom)
         self.state = state

@@ -29,6 +29,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import _keys as K
 from ._dtypes import as_device, as_dtype
+from ._threads import intra_op_threads, threads_for
 from .elements import SpeciesMapping, UnknownPolicy, check_elements
 from .errors import CalculationFailed, InvalidStructureError
 from .graph import AtomicGraph, build_graph, check_structure
@@ -74,6 +75,9 @@ class MLFFCalculator(Calculator):
     unknown_elements: ``"error"`` (default) raises before any compute; ``"nearest"`` maps each
         unknown element to the closest known one, warns, and records it in ``species_mapping``.
     min_distance: atoms closer than this (Å) raise :class:`CalculationFailed`.
+    threads: torch intra-op threads for this calculator's compute. ``None`` (default): one thread
+        for systems below 1000 atoms (faster there, and graceful when the cores are shared; see
+        :mod:`ase_adapt._threads`), torch's own setting for larger ones.
 
     ``self.model`` is the module evaluated: the user's own model when no cast is needed (shared,
     never modified by the calculator), otherwise a private cast copy (see the module docstring).
@@ -92,8 +96,10 @@ class MLFFCalculator(Calculator):
         dtype: str | torch.dtype | None = None,
         unknown_elements: UnknownPolicy = "error",
         min_distance: float = 0.1,
+        threads: int | None = None,
         **kwargs: Any,
     ) -> None:
+        threads_for(1, threads)  # validates
         unexpected = sorted(set(kwargs) - _ASE_KWARGS)
         if unexpected:  # ASE's Calculator would store them as parameters, silently unused
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}")
@@ -113,6 +119,7 @@ class MLFFCalculator(Calculator):
         self.head = head
         self.unknown_elements = unknown_elements
         self.min_distance = float(min_distance)
+        self.threads = threads
         self.species_mapping: SpeciesMapping | None = None
         self._token: tuple | None = None
         self._warned_electrons: set = set()
@@ -160,7 +167,8 @@ class MLFFCalculator(Calculator):
     def evaluate(self, graph: AtomicGraph, head: str | None = None) -> dict[str, np.ndarray | float]:
         """Run the model on a single-structure graph and return ASE-style float64 results."""
         try:
-            out = self.model(graph, head or self.head)
+            with intra_op_threads(graph.num_nodes, self.threads):
+                out = self.model(graph, head or self.head)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise

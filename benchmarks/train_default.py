@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior-pass", choices=["each", "shared"], default="shared",
                    help="prior heads' forces: one pass each, or one shared pass (each structure trains one prior head)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: measured fastest on 2 cores, benchmarks/train_speed.py)")
     p.add_argument("--labels", action="store_true", help="compute the GFN1-xTB prior labels (tblite) and stop")
     p.add_argument("--stats", action="store_true", help="compute training statistics into best.safetensors")
     p.add_argument("--stats-every", type=int, default=3, help="statistics on every k-th training frame")

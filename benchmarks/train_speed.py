@@ -12,6 +12,9 @@ What is timed (CPU, float32, in one process, so every ratio compares like with l
            depend on their values). Reported as structures per second (median step).
   call     ms per energy+forces call of the shipped model (``load_model("default")``) in
            ``MLFFCalculator`` on the 20-atom ``molecule_20`` of benchmarks/model_speed.py.
+  sharing  the call and one TTT-like step (prior head, 8 frames of 21 atoms, SGD on the
+           representation) at 1 and 2 threads, alone and beside another CPU-bound process: how
+           the thread count degrades when the cores are shared.
 Implementations:
   previous e3nn's TensorProduct (``reference_kernels()``) and one force pass per head
            (``prior_pass="each"``): the code before the fused kernel.
@@ -175,6 +178,57 @@ def call_ms(path: str, threads: int, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def ttt_step_ms(threads: int, repeats: int) -> float:
+    """One TTT-like step of the shipped model: prior-head energy+force loss on 8 frames of a 20-atom
+    molecule, backward into the representation, SGD (what AdaptiveCalculator repeats 50-250 times)."""
+    import torch
+    from ase.build import molecule
+
+    import ase_adapt
+    from ase_adapt.graph import build_graph
+
+    torch.set_num_threads(threads)
+    model = ase_adapt.load_model("default")
+    params = model.representation_parameters()
+    opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
+    rng = np.random.default_rng(0)
+    base = molecule("C6H6") + molecule("CH3CH2OH")
+    base.positions[12:] += [4.0, 0.0, 0.0]
+    frames = []
+    for _ in range(8):
+        a = base.copy()
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        frames.append(a)
+    graph = build_graph(frames, model.cutoff)
+    ref = torch.randn(graph.num_nodes, 3)
+    times = []
+    for k in range(repeats + 3):
+        t0 = time.perf_counter()
+        out = model(graph, "prior:gfn-ff", create_graph=True)
+        loss = (out["forces"] - ref).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if k >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+@contextlib.contextmanager
+def busy_core(busy: bool):
+    """Another CPU-bound process on the machine (a spinning Python), as on a shared laptop or node."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        time.sleep(0.5 if busy else 0.0)
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
@@ -217,6 +271,16 @@ def main(argv: list[str] | None = None) -> int:
                 ms = call_ms(path, threads, 50 if args.quick else 300)
                 results["calls"].append({"path": path, "threads": threads, "ms": ms})
                 print(f"call {path} threads={threads}: {ms:.2f} ms", flush=True)
+        results["contention"] = []
+        for busy in (False, True):
+            with busy_core(busy):
+                for threads in threads_list:
+                    rec = {"other_job": busy, "threads": threads,
+                           "call_ms": call_ms("current", threads, 30 if args.quick else 150),
+                           "ttt_step_ms": ttt_step_ms(threads, 3 if args.quick else 10)}
+                    results["contention"].append(rec)
+                    print(f"other job={busy} threads={threads}: call {rec['call_ms']:.2f} ms, "
+                          f"TTT step {rec['ttt_step_ms']:.1f} ms", flush=True)
     steps = {(r["arch"], r["path"], r["threads"], r["batch"]): r for r in results["steps"]}
     summary = []
     for arch in args.archs:
@@ -240,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     calls = {(c["path"], c["threads"]): c["ms"] for c in results["calls"]}
     print_table(["call (shipped model, 20 atoms)", "threads", "ms"],
                 [[k[0], k[1], v] for k, v in calls.items()], fmt=".3g")
+    print_table(["another CPU-bound job", "threads", "call ms", "TTT step ms"],
+                [[c["other_job"], c["threads"], c["call_ms"], c["ttt_step_ms"]] for c in results["contention"]],
+                fmt=".3g")
     print("matmul 2048^2 float32 GFLOP/s:", {k: round(v) for k, v in results["matmul_gflops"].items()})
     for arch in args.archs:
         for path in PATHS:

@@ -435,3 +435,35 @@ def test_build_is_seeded_and_leaves_global_rng_alone(make_model):
     assert torch.equal(torch.get_rng_state(), state)
     ase_adapt.models.new_head(a, "prior:lj")
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_small_systems_compute_on_one_thread_and_the_setting_is_restored(monkeypatch):
+    """torch's default (a thread per core) made a 20-atom call 3x slower on 2 cores (_threads.py)."""
+    import torch
+    from ase.build import molecule
+
+    import ase_adapt
+    from ase_adapt._threads import threads_for
+
+    seen = []
+    model = ase_adapt.build_model(elements=["H", "C", "O"], channels=4, num_layers=1)
+    original = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expected in ((None, 1), (2, 2), (1, 1)):
+            atoms = molecule("CH3CH2OH")
+            atoms.calc = ase_adapt.MLFFCalculator(model, threads=threads)
+            atoms.get_forces()
+            assert seen[-1] == expected and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert threads_for(5000, None) is None and threads_for(10, 3) == 3
+    with pytest.raises(ValueError, match="threads must be"):
+        ase_adapt.MLFFCalculator(model, threads=0)
