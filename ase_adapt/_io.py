@@ -20,8 +20,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         write(Path(tmp))
+        # mkstemp makes 0600, and a writer may recreate the file (safetensors did): the usual mode, after it
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:  # the data is on disk before the rename publishes it
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -66,3 +67,9 @@ def check_writable(path: str | Path, directory: bool = False) -> Path:
         raise ValueError(f"cannot write {'folder' if directory else 'file'} {str(path)!r}: "
                          f"{exc.strerror or exc}") from None
     return path
+
+
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a progress flag: off when asked, and drawn only on a terminal otherwise
+    (tqdm's ``None``), so a redirected log never fills with bar updates."""
+    return None if progress else True

@@ -420,3 +420,18 @@ def test_builtin_registry_is_used(model64, tmp_path, monkeypatch):
     loaded = load_model("tiny-test")
     _assert_same_predictions(_predict(loaded), _predict(model64), atol=1e-8)
     assert isinstance(MLFFCalculator("tiny-test").model, ase_adapt.MLFF)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_checkpoints_follow_the_umask_like_every_other_output(model64, tmp_path, suffix):
+    """mkstemp's 0600 survived for checkpoints (safetensors recreates the file it writes)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(model64, tmp_path / f"m{suffix}")
+        json_path = ase_adapt._io.write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 == stat.S_IMODE(json_path.stat().st_mode)

@@ -291,3 +291,10 @@ def test_cli_label_writes_only_the_output(tmp_path: Path, capsys: pytest.Capture
     config.write_text("data: data.xyz\nprior: lj\nout: x.xyz\nprefx: lj\n")
     assert main(["label", "--config", str(config)]) == 2
     assert "unknown label settings ['prefx']" in capsys.readouterr().err
+
+
+def test_progress_bars_are_drawn_only_on_a_terminal(tmp_path, capsys):
+    """demo and prepare filled redirected output with bar updates; the docs say bars need a terminal."""
+    label_frames(molecules(3), EMT(), tmp_path / "out.xyz", prefix="emt", progress=True)
+    captured = capsys.readouterr()
+    assert "frame/s" not in captured.err and "%|" not in captured.err

@@ -218,3 +218,15 @@ def test_prepare_refuses_a_built_in_model(make_model):
         prepare_model(make_model(), _cells(2), [make_prior("emt")], _settings(1))
     with pytest.raises(TypeError, match="make_prior"):
         prepare_model("sevennet:7net-0", _cells(2), ["emt"], _settings(1))
+
+
+def test_prepare_refuses_a_prior_that_gives_zero_forces_everywhere(tmp_path):
+    """It exited 0 with 'force RMSE 0.0 -> 0.0' and wrote a checkpoint."""
+    from ase import Atoms
+
+    from ase_adapt.errors import DataError
+
+    far = [Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 20.0 + k]]) for k in range(4)]  # beyond LJ's range
+    with pytest.raises(DataError, match="zero forces on every structure"):
+        prepare_model("sevennet:7net-0", far, [make_prior("lj")], _settings(1), out=tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()

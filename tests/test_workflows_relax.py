@@ -66,3 +66,20 @@ def test_relax_cli(make_model, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["converged"]
     assert "relax bfgs: converged" in capsys.readouterr().out
     assert main(["relax", str(structure), "--model", str(ckpt), "--fmax", "-1", "--out", str(out)]) == 2
+
+
+def test_a_molecule_in_a_huge_box_keeps_its_cell_and_says_why(make_model, tmp_path):
+    """It reported 'converged, volume +0.85 %' while the cell grew to 100000 x 101352 x 99507 Å."""
+    atoms = molecule("CH3OH")
+    atoms.cell = [1e5, 1e5, 1e5]
+    atoms.pbc = True
+    atoms.rattle(0.05, seed=1)
+    summary = run_relax(atoms, MLFFCalculator(make_model(dtype="float64")), RelaxSettings(steps=20, progress=False),
+                        tmp_path)
+    assert summary["cell_relaxed"] is False and summary["volume_change"] is None
+    assert "no atom has a periodic image" in summary["cell_note"]
+    final = read_frames(tmp_path / "final.extxyz")[0]
+    np.testing.assert_allclose(final.cell.array, atoms.cell.array)
+    bulk_summary = run_relax(bulk("Cu", "fcc", a=3.7, cubic=True), EMT(), RelaxSettings(steps=5, progress=False),
+                             tmp_path / "cu")
+    assert bulk_summary["cell_relaxed"] is True and bulk_summary["cell_note"] is None

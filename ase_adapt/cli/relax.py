@@ -63,4 +63,6 @@ def run(settings: RelaxCommand) -> dict:
           f"{summary['fmax_final']:.4f} eV/Å, E {summary['energy_initial_eV']:.4f} -> {summary['energy_final_eV']:.4f} eV"
           + (f", volume {summary['volume_change']:+.2%}" if summary["volume_change"] is not None else "")
           + f"; outputs in {settings.out}")
+    if summary.get("cell_note"):
+        print(f"note: {summary['cell_note']}")
     return summary

@@ -39,6 +39,7 @@ from ..labels import frame_labels, get_label, has_label, is_isolated_atom, prior
 from ..labels import prior_heads as model_prior_heads
 from ..losses import LossWeights, head_loss, make_targets
 from .spectrum import SpectrumMethod, average_spectrum, laplacian_spectrum, spectral_distance
+from .._io import bar_disabled
 
 __all__ = [
     "STATS_VERSION", "QUANTILES", "MissingStatisticsError", "TrainingStats",
@@ -111,7 +112,7 @@ def _pooled_losses(model, frames: list[Atoms], labels: dict[str, list[dict[str, 
     counts = {h: {t: 0 for t in terms} for h in labels}
     heads = list(labels)
     starts = range(0, len(frames), batch_size)
-    for s in tqdm(starts, desc="training losses", unit="batch", disable=not progress, leave=False):
+    for s in tqdm(starts, desc="training losses", unit="batch", disable=bar_disabled(progress), leave=False):
         batch = frames[s:s + batch_size]
         graph = build_graph(batch, model.cutoff, dtype=model.dtype, device=model.device)
         n_atoms = [len(a) for a in batch]
@@ -216,7 +217,7 @@ def compute_training_stats(
         notes.append("no frame has prior forces: the force-norm detector has no training statistics")
 
     spectra = [laplacian_spectrum(a, model.cutoff, method=spectrum_method)
-               for a in tqdm(data, desc="Laplacian spectra", unit="frame", disable=not progress, leave=False)]
+               for a in tqdm(data, desc="Laplacian spectra", unit="frame", disable=bar_disabled(progress), leave=False)]
     spectrum_mean = average_spectrum(spectra)
     distances = [spectral_distance(s, spectrum_mean) for s in spectra]
 

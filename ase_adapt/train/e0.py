@@ -30,7 +30,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
 from .. import _keys as K
-from .._io import write_json
+from .._io import bar_disabled, write_json
 from ..elements import as_atomic_numbers, atomic_number
 from ..errors import UnknownElementError
 from ..graph import build_graph
@@ -216,7 +216,7 @@ def _predict_energies(
     if progress is None:
         progress = len(frames) >= _PROGRESS_MIN_FRAMES and sys.stderr.isatty()
     out = np.empty(len(frames), dtype=np.float64)
-    with tqdm(total=len(frames), desc="predicting energies", unit="frame", disable=not progress) as bar:
+    with tqdm(total=len(frames), desc="predicting energies", unit="frame", disable=bar_disabled(progress)) as bar:
         for start in range(0, len(frames), batch_size):
             chunk = frames[start:start + batch_size]
             graph = build_graph(chunk, model.cutoff, dtype=model.dtype, device=model.device)

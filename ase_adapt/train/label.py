@@ -31,7 +31,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from .._io import check_writable
+from .._io import bar_disabled, check_writable
 from ..errors import DataError
 from .data import DataWarning, _file_format, _labels_in_info, frames_to_extxyz, read_frames, write_frames
 
@@ -121,7 +121,7 @@ def label_frames(
     last_flush = time.monotonic()
     from tqdm import tqdm
 
-    with tqdm(total=n, initial=n - len(todo), disable=not progress, unit="frame",
+    with tqdm(total=n, initial=n - len(todo), disable=bar_disabled(progress), unit="frame",
               desc=f"labelling with {type(calculator).__name__}") as bar:
         try:
             for i in todo:

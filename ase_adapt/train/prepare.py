@@ -248,6 +248,10 @@ def prepare_model(
         check_writable(labels_path, directory=True)
     for prior in prior_calcs:
         frames = _labelled(frames, prior, labels_path, o.progress)
+        forces_key = prior_label_keys(prior.head_name)[1]
+        if all(np.abs(get_label(a, forces_key, k)).max() == 0.0 for k, a in enumerate(frames)):
+            raise DataError(f"prior {prior.spec!r} gives zero forces on every structure (isolated atoms, or nothing "
+                            "within its range?): its head would learn nothing. Give structures where it acts")
     frames = pseudolabel(model, frames, K.MAIN_HEAD)  # the unmodified model: replay targets and the yardstick
     train, val, _ = split_for_training(frames, None, o.val_fraction, o.seed)
     yardstick = val or train

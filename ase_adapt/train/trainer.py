@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import _keys as K
-from .._io import atomic_write, check_writable, write_json
+from .._io import atomic_write, bar_disabled, check_writable, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
 from ..losses import head_loss
@@ -308,7 +308,7 @@ class Trainer:
             start = state["epoch"] + 1
         heads = list(st.heads)
         stopped = False
-        bar = tqdm(range(start, st.epochs), desc=st.name, unit="epoch", disable=not o.progress,
+        bar = tqdm(range(start, st.epochs), desc=st.name, unit="epoch", disable=bar_disabled(o.progress),
                    initial=start, total=st.epochs)
         for epoch in bar:
             t0 = time.perf_counter()

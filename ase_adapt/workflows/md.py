@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import CalculationFailed
 
+from .._io import bar_disabled
 from ..adapt.topology import covalent_bonds
 
 __all__ = ["MDResult", "reference_bonds", "run_nvt", "nve_energies", "distance_histogram", "hr_mae"]
@@ -81,7 +82,7 @@ def run_nvt(
     frames, temps = [a.positions.copy()], []
     stable, worst, failure, done = None, 0.0, None, 0
     t0 = time.perf_counter()
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", disable=bar_disabled(progress), leave=False) as bar:
         while done < steps:
             n = min(stride, steps - done)
             try:

@@ -76,6 +76,12 @@ def run_relax(atoms: Atoms, calc: Any, settings: RelaxSettings | None = None,
     a = atoms.copy()
     a.calc = calc
     with_cell = s.cell is CellMode.AUTO and bool(a.pbc.all())
+    cell_note = None
+    if with_cell and not _has_periodic_neighbours(a, float(getattr(getattr(calc, "model", None), "cutoff", 6.0))):
+        with_cell = False
+        cell_note = ("the cell was not relaxed: no atom has a periodic image within the model's cutoff, so the "
+                     "stress is zero and says nothing about the cell (a molecule in a box); relax it without "
+                     "periodic boundaries, or in a cell small enough for its images to interact")
     target = FrechetCellFilter(a) if with_cell else a
     e0, v0 = a.get_potential_energy(), a.get_volume() if with_cell else None
     for name in ("relax.extxyz", "relax.log"):
@@ -101,13 +107,21 @@ def run_relax(atoms: Atoms, calc: Any, settings: RelaxSettings | None = None,
     text_final = _extxyz(a)
     atomic_write(out / "final.extxyz", lambda p: p.write_text(text_final))
     summary = {"settings": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(s).items()},
-               "converged": bool(converged), "steps": opt.nsteps, "cell_relaxed": with_cell,
+               "converged": bool(converged), "steps": opt.nsteps, "cell_relaxed": with_cell, "cell_note": cell_note,
                "energy_initial_eV": e0, "energy_final_eV": a.get_potential_energy(), "fmax_final": _fmax(target),
                "volume_change": (a.get_volume() / v0 - 1.0) if with_cell else None,
                "seconds": time.perf_counter() - t0,
                "outputs": {n: str(out / n) for n in ("relax.extxyz", "relax.log", "final.extxyz")}}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _has_periodic_neighbours(atoms: Atoms, cutoff: float) -> bool:
+    """Whether any atom sees a periodic image (of itself or another atom) within ``cutoff``."""
+    from ..graph import neighbour_list
+
+    _, _, shifts, _ = neighbour_list(atoms, cutoff)
+    return bool(np.any(shifts != 0))
 
 
 def _extxyz(atoms: Atoms) -> str:
