@@ -114,11 +114,23 @@ def attach_gfn1_labels(frames: list, data: Path, name: str) -> None:
         start += len(a)
 
 
-def load_frames(data: Path, val_frames: int) -> tuple[list, list]:
-    """(training frames incl. isolated atoms, validation frames): the last ``val_frames`` per molecule validate."""
+def load_frames(data: Path, val_frames: int, extra: tuple = ()) -> tuple[list, list]:
+    """(training frames incl. isolated atoms, validation frames): the last ``val_frames`` per molecule validate.
+
+    ``extra``: folders of more trajectories of the training molecules (``data.py --seed S --out DIR``),
+    every frame of which trains; the validation block stays the main data's.
+    """
     from ase_adapt.train.data import read_frames
 
     train, val = [], []
+    for folder in extra:
+        for name in TRAIN_MOLECULES:
+            path = Path(folder) / f"{name}.xyz"
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: make it with benchmarks/data.py --seed S --out {folder}")
+            frames = read_frames(path)
+            attach_gfn1_labels(frames, Path(folder), name)
+            train.extend(frames)
     for name in TRAIN_MOLECULES:
         path = data / f"{name}.xyz"
         if not path.is_file():
@@ -228,7 +240,7 @@ def train(args) -> dict:
     from ase_adapt.train import train_model
 
     out = args.out / args.arch
-    train_frames, val_frames = load_frames(args.data, args.val_frames)
+    train_frames, val_frames = load_frames(args.data, args.val_frames, tuple(args.extra_data))
     state = out / "state.pt"
     epochs = args.epochs
     if state.exists() and (out / "epochs.json").is_file():
@@ -258,7 +270,7 @@ def stats(args) -> None:
 
     path = args.out / args.arch / "best.safetensors"
     model = ase_adapt.load_model(path)
-    train_frames, _ = load_frames(args.data, args.val_frames)
+    train_frames, _ = load_frames(args.data, args.val_frames, tuple(args.extra_data))
     frames = [a for a in train_frames if len(a) > 1][:: args.stats_every]
     model.training_stats = {**(model.training_stats or {}), **compute_training_stats(
         model, frames, prior_heads=list(PRIOR_HEADS), batch_size=32, progress=not args.quiet,
@@ -281,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--forces-weight", type=float, default=30.0)
     p.add_argument("--val-frames", type=int, default=200, help="last frames of each training molecule held out")
+    p.add_argument("--extra-data", type=Path, action="append", default=[], metavar="DIR",
+                   help="more trajectories of the training molecules (all frames train; repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--prior-pass", choices=["each", "shared"], default="shared",
                    help="prior heads' forces: one pass each, or one shared pass (each structure trains one prior head)")
@@ -297,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.labels:
         make_isolated_gfn1(args.data)
-        make_gfn1_labels(args.data, list(TRAIN_MOLECULES), progress=not args.quiet)
+        for folder in [args.data, *args.extra_data]:
+            make_gfn1_labels(folder, list(TRAIN_MOLECULES), progress=not args.quiet)
         return 0
     if args.stats:
         stats(args)
