@@ -83,20 +83,24 @@ class _BuiltinContract(CalculatorContract):
     isolated_box = 2.5 * CUTOFF
 
     @pytest.fixture(scope="class")
-    def make_calculator(self, models):
-        model = models[self.dtype]
+    @classmethod
+    def make_calculator(cls, models):
+        model = models[cls.dtype]
         return lambda: ase_adapt.MLFFCalculator(model)
 
     @pytest.fixture(scope="class")
-    def molecules(self):
+    @classmethod
+    def molecules(cls):
         return MOLECULES()
 
     @pytest.fixture(scope="class")
-    def periodic_structures(self):
+    @classmethod
+    def periodic_structures(cls):
         return CELLS()
 
     @pytest.fixture(scope="class")
-    def atomic_energies(self):
+    @classmethod
+    def atomic_energies(cls):
         return E0_MAIN
 
 

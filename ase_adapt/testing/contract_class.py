@@ -7,7 +7,8 @@ Example::
         cutoff = 5.0
 
         @pytest.fixture(scope="class")
-        def make_calculator(self):
+        @classmethod
+        def make_calculator(cls):
             model = my_backend.load(...)
             return lambda: MyCalculator(model)
 
@@ -38,19 +39,23 @@ class CalculatorContract:
 
     # ------------------------------------------------------------------ hooks
     @pytest.fixture(scope="class")
-    def make_calculator(self) -> CalculatorFactory:
+    @classmethod
+    def make_calculator(cls) -> CalculatorFactory:
         raise NotImplementedError("a CalculatorContract subclass must provide the make_calculator fixture")
 
     @pytest.fixture(scope="class")
-    def molecules(self) -> list[Atoms]:
+    @classmethod
+    def molecules(cls) -> list[Atoms]:
         return default_molecules()
 
     @pytest.fixture(scope="class")
-    def periodic_structures(self) -> list[Atoms]:
+    @classmethod
+    def periodic_structures(cls) -> list[Atoms]:
         return default_periodic()
 
     @pytest.fixture(scope="class")
-    def atomic_energies(self) -> Mapping[str, float] | None:
+    @classmethod
+    def atomic_energies(cls) -> Mapping[str, float] | None:
         """Symbol -> E0 that an isolated atom must return exactly (None skips the test)."""
         return None
 
