@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -98,3 +99,34 @@ def test_every_subcommand_has_complete_help() -> None:
         with pytest.raises(SystemExit) as exc:
             main([name, "--help"])
         assert exc.value.code == 0
+
+
+def _help_examples():
+    """(command, argv) of every ``ase-adapt ...`` example in every subcommand's --help."""
+    import shlex
+
+    from ase_adapt.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, p in sub.choices.items():
+        text = (p.description or "").replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("ase-adapt "):
+                out.append((name, shlex.split(line, comments=True)[1:]))
+    return parser, sub, out
+
+
+def test_every_help_example_parses_and_gives_files_where_files_are_asked():
+    """screen --help passed a number to --structures, which takes a file."""
+    parser, sub, examples = _help_examples()
+    assert len(examples) >= 25 and {name for name, _ in examples} >= {"md", "relax", "neb", "screen", "evaluate"}
+    for name, argv in examples:
+        args = parser.parse_args(argv)  # unknown options, wrong types and missing arguments fail here
+        for action in sub.choices[name]._actions:
+            value = getattr(args, action.dest, None)
+            if action.metavar in ("FILE", "YAML", "XYZ", "PATH") and isinstance(value, str):
+                with pytest.raises(ValueError):
+                    float(value)  # a file, not a number

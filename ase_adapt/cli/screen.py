@@ -17,7 +17,7 @@ flagged fraction per composition), screen.png (heat map) and flagged.extxyz.
 
 examples:
   ase-adapt screen --model my.safetensors --elements Na Cl --out rss
-  ase-adapt screen --model my.safetensors --compositions NaCl Na2Cl NaCl3 --structures 20 --scheduler local
+  ase-adapt screen --model my.safetensors --compositions NaCl Na2Cl NaCl3 --per-composition 20 --scheduler local
 """
 
 from __future__ import annotations
