@@ -92,3 +92,22 @@ def test_neb_cli_reads_a_yaml_config(make_model, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["n_images"] == 2 and summary["settings"]["climb"] is False
     assert len(summary["energies_eV"]) == 4
+
+
+def test_neb_cli_has_the_unknown_elements_policy_of_every_predicting_command(make_model, tmp_path, capsys):
+    from ase.build import molecule
+
+    from ase_adapt.cli.main import main
+    from ase_adapt.train.data import write_frames
+
+    ckpt = make_model(dtype="float64", elements=("H", "C", "O")).save(tmp_path / "m.safetensors")
+    a = molecule("CH3SH")  # S: not among the model's elements
+    b = a.copy()
+    b.positions[-1] += [0.3, 0.3, 0.0]
+    start, end = write_frames(tmp_path / "a.xyz", [a]), write_frames(tmp_path / "b.xyz", [b])
+    base = ["neb", str(start), str(end), "--model", str(ckpt), "--images", "1", "--steps", "3",
+            "--no-relax-endpoints", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "refused")]) == 2
+    assert "element(s) S not in the model's training elements" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="mapped to nearest known"):
+        assert main(base + ["--out", str(tmp_path / "mapped"), "--unknown-elements", "nearest"]) == 0

@@ -27,6 +27,7 @@ class NEBCommand:
     model: str = "default"
     prior: str | None = None
     out: str = "neb-output"
+    unknown_elements: str = "error"
     neb: NEBSettings = field(default_factory=NEBSettings)
 
 
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = NEBSettings()
     p.add_argument("initial", help="extxyz or .db file of the initial state")
     p.add_argument("final", help="extxyz or .db file of the final state (same atoms, same order)")
-    add_workflow_args(p, "neb-output", unknown_elements=False)
+    add_workflow_args(p, "neb-output")
     p.add_argument("--images", type=int, help=f"intermediate images (default {d.n_images})")
     p.add_argument("--fmax", type=float, help=f"eV/Å (default {d.fmax:g})")
     p.add_argument("--steps", type=int, help=f"maximum optimiser steps (default {d.steps})")
@@ -52,7 +53,8 @@ def settings_from_args(args: argparse.Namespace) -> NEBCommand:
     if args.no_relax_endpoints:
         values["relax_endpoints"] = False
     neb = NEBSettings(**values)
-    return NEBCommand(initial=args.initial, final=args.final, model=args.model or "default", prior=args.prior, out=args.out, neb=neb)
+    return NEBCommand(initial=args.initial, final=args.final, model=args.model or "default", prior=args.prior,
+                      out=args.out, unknown_elements=args.unknown_elements or "error", neb=neb)
 
 
 def run(settings: NEBCommand) -> dict:
@@ -63,14 +65,14 @@ def run(settings: NEBCommand) -> dict:
     initial, final = read_frames(settings.initial, -1)[0], read_frames(settings.final, -1)[0]
     model = load_model(settings.model)
     if settings.prior:  # adapt once, on the initial state; every image then sees that one potential
-        adaptive = AdaptiveCalculator(model, settings.prior)
+        adaptive = AdaptiveCalculator(model, settings.prior, unknown_elements=settings.unknown_elements)
         report = adaptive.check(initial)
         event = adaptive.events[-1]
         print(f"adaptation on the initial state: {event['kind']} ({event['action']}); shifted: {report.shifted}")
         model = adaptive.adapted_model()
 
     def calculator():  # one per image, all on the same (frozen) model
-        return MLFFCalculator(model)
+        return MLFFCalculator(model, unknown_elements=settings.unknown_elements)
 
     summary = run_neb(initial, final, calculator, settings.neb, settings.out)
     state = "converged" if summary["converged"] else "NOT converged"
