@@ -135,7 +135,7 @@ def test_json_dash_is_standard_output_only_for_info(checkpoint, unlabelled_for_p
 
 
 def test_a_missing_optional_backend_is_one_line(tmp_path, capsys, monkeypatch):
-    """--scheduler local without dask.distributed installed: one line naming the extra, exit 2."""
+    """--dask local without dask.distributed installed: one line naming the extra, exit 2."""
     import builtins
 
     real_import = builtins.__import__
@@ -147,6 +147,16 @@ def test_a_missing_optional_backend_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_distributed)
     code = main(["screen", "--model", "default", "--compositions", "CO2", "--per-composition", "1", "--steps", "1",
-                 "--cycles", "0", "--max-atoms", "3", "--scheduler", "local", "--out", str(tmp_path / "o"), "--quiet"])
+                 "--cycles", "0", "--max-atoms", "3", "--dask", "local", "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "ase-adapt[dask]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_scheduler_has_one_meaning_and_dask_its_own_name(capsys):
+    """--scheduler was a learning-rate schedule in prepare and a Dask address in screen and evaluate."""
+    from ase_adapt.cli.main import main
+
+    for command in (["screen", "--elements", "Cu"], ["evaluate", "--data", "x.xyz"]):
+        with pytest.raises(SystemExit) as stop:  # argparse's usage error, like any other bad option
+            main([*command, "--scheduler", "local"])
+        assert stop.value.code == 2 and "--scheduler is now --dask" in capsys.readouterr().err

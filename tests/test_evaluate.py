@@ -121,7 +121,7 @@ def test_many_files_on_dask_match_the_serial_run(files, tmp_path):
     base = ["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data", str(files / "ethanol.xyz"),
             str(files / "methylamine.xyz"), "--prior", "lj", "--ttt", "--ttt-steps", "3", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "serial")]) == 0
-    assert main([*base, "--out", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2"]) == 0
+    assert main([*base, "--out", str(tmp_path / "dask"), "--dask", "local", "--workers", "2"]) == 0
     serial, dask = (json.loads((tmp_path / d / "evaluate.json").read_text()) for d in ("serial", "dask"))
     assert dask["executor"] == "dask:local" and dask["molecules"] == serial["molecules"]
 

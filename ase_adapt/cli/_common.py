@@ -135,6 +135,27 @@ def settings_values(args: argparse.Namespace, cls: type, options: dict[str, str]
     return values
 
 
+class _Renamed(argparse.Action):
+    """An option that moved: refuse it, naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, why: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new, self.why = new, why
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.new} ({self.why})")
+
+
+def add_dask_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--dask ADDRESS and --workers: one name for the Dask scheduler in every command that has one
+    (``--scheduler`` is the learning-rate schedule of train, finetune and prepare)."""
+    parser.add_argument("--dask", dest="scheduler", metavar="ADDRESS",
+                        help=f"run {what} on Dask: 'local' (a LocalCluster of --workers processes) or a scheduler "
+                             "address such as tcp://HOST:8786")
+    parser.add_argument("--scheduler", dest="_renamed_scheduler", action=_Renamed, new="--dask",
+                        why="--scheduler is the learning-rate schedule in train, finetune and prepare")
+
+
 def workflow_calculator(model: Any, prior: str | None, unknown_elements: str = "error"):
     """An AdaptiveCalculator with ``prior``, else a plain MLFFCalculator, on ``model``."""
     from .. import AdaptiveCalculator, MLFFCalculator

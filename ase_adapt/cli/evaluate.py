@@ -17,12 +17,12 @@ unknown_elements and timings.
 
 Several files (one molecule each) run as separate tasks, each adapting its own copy of the model;
 they need --out FOLDER, where each file's result is kept in tasks/<name>.json (a re-run skips the
-files done) and evaluate.json sums them up. --scheduler local runs them on a Dask LocalCluster of
---workers processes, --scheduler tcp://HOST:8786 on a running Dask scheduler.
+files done) and evaluate.json sums them up. --dask local runs them on a Dask LocalCluster of
+--workers processes, --dask tcp://HOST:8786 on a running Dask scheduler.
 
 examples:
   ase-adapt evaluate --model model.safetensors --data naphthalene.xyz --json base.json
-  ase-adapt evaluate --model default --data mol1.xyz mol2.xyz mol3.xyz --prior gfn-ff --ttt --out eval --scheduler local
+  ase-adapt evaluate --model default --data mol1.xyz mol2.xyz mol3.xyz --prior gfn-ff --ttt --out eval --dask local
   ase-adapt evaluate --model model.safetensors --data naphthalene.xyz --prior gfn-ff --ttt --json ttt.json
   ase-adapt evaluate --model model.safetensors --data toluene.xyz --sgdml-prior-frames 50 --ttt --rr --json s.json
   ase-adapt evaluate --model default --data toluene.xyz --sgdml-prior-frames 50 --ttt --ttt-on-frames --json t.json
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from ..evaluate import EvaluateSettings
 from ..adapt.ttt import TTTSettings
-from ._common import PRIOR_HELP, add_quiet
+from ._common import PRIOR_HELP, add_dask_args, add_quiet
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"that of the frames (default {TTTSettings.md_temperature:g})")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT (one data file)")
     p.add_argument("--out", metavar="FOLDER", help="results of several data files: FOLDER/tasks/*.json, FOLDER/evaluate.json")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run the files on Dask: 'local' or a scheduler address")
+    add_dask_args(p, "the files")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     add_quiet(p)
 
@@ -97,7 +97,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateCommand:
                           ttt_on_frames=args.ttt_on_frames)
     first, *more = args.data
     if (more or args.scheduler) and not args.out:
-        raise ValueError("several data files (or --scheduler) need --out FOLDER for their results")
+        raise ValueError("several data files (or --dask) need --out FOLDER for their results")
     if args.out and args.json:
         raise ValueError("--json writes one file's result; with --out the results go to FOLDER/evaluate.json")
     return EvaluateCommand(model=args.model, data=first, json=args.json, more_data=tuple(more), out=args.out,

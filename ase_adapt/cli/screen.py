@@ -7,8 +7,8 @@ Compositions come from --compositions (NaCl Na2Cl ...) or are built from --eleme
 default). --structures FILE screens your own periodic structures instead of random crystals.
 
 Every structure is one task with its own result file in OUT/tasks/: a killed run keeps what it
-finished, and running the same command again skips those. --scheduler local runs the tasks on a
-Dask LocalCluster of --workers processes; --scheduler tcp://HOST:8786 on a running Dask
+finished, and running the same command again skips those. --dask local runs the tasks on a
+Dask LocalCluster of --workers processes; --dask tcp://HOST:8786 on a running Dask
 scheduler (see docs/workflows.md for SLURM/PBS and Kubernetes). Serial and Dask runs give
 identical results.
 
@@ -17,7 +17,7 @@ flagged fraction per composition), screen.png (heat map) and flagged.extxyz.
 
 examples:
   ase-adapt screen --model my.safetensors --elements Na Cl --out rss
-  ase-adapt screen --model my.safetensors --compositions NaCl Na2Cl NaCl3 --per-composition 20 --scheduler local
+  ase-adapt screen --model my.safetensors --compositions NaCl Na2Cl NaCl3 --per-composition 20 --dask local
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ..workflows.screen import CellFilter, ScreenSettings
 from ..workflows.relax import Optimizer
-from ._common import add_quiet, add_workflow_args, settings_values
+from ._common import add_dask_args, add_quiet, add_workflow_args, settings_values
 
 _OPTIONS = {"compositions": "compositions", "elements": "elements", "n_compositions": "n_compositions",
             "per_composition": "structures", "cycles": "cycles", "rattle": "rattle_std", "optimizer": "optimizer",
@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-atoms", type=int, help=f"atoms per random cell at most (default {d.max_atoms})")
     p.add_argument("--volume-factor", type=float, help=f"PyXtal volume factor (default {d.volume_factor:g})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on Dask: 'local' (a LocalCluster) or a scheduler address")
+    add_dask_args(p, "the tasks")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     add_quiet(p)
 
