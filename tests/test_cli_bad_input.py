@@ -160,3 +160,16 @@ def test_scheduler_has_one_meaning_and_dask_its_own_name(capsys):
         with pytest.raises(SystemExit) as stop:  # argparse's usage error, like any other bad option
             main([*command, "--scheduler", "local"])
         assert stop.value.code == 2 and "--scheduler is now --dask" in capsys.readouterr().err
+
+
+def test_screen_refuses_compositions_beside_its_own_structures(tmp_path, capsys):
+    """--compositions KBr --structures nacl.extxyz dropped KBr without a word."""
+    from ase.build import bulk
+
+    from ase_adapt.cli.main import main
+    from ase_adapt.train.data import write_frames
+
+    cells = write_frames(tmp_path / "nacl.extxyz", [bulk("NaCl", "rocksalt", a=5.6)])
+    assert main(["screen", "--compositions", "KBr", "--structures", str(cells), "--out", str(tmp_path / "o")]) == 2
+    assert "give one or the other" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -75,6 +75,9 @@ def settings_from_args(args: argparse.Namespace) -> ScreenCommand:
     values = settings_values(args, ScreenSettings, _OPTIONS)
     if not (args.structures or values.get("compositions") or values.get("elements")):
         raise ValueError("give --compositions, --elements or --structures")
+    if args.structures and (values.get("compositions") or values.get("elements")):
+        raise ValueError("--structures screens the structures in its file; --compositions and --elements make random "
+                         "crystals instead: give one or the other")
     return ScreenCommand(model=args.model or "default", prior=args.prior, out=args.out, structures=args.structures,
                          scheduler=args.scheduler, workers=args.workers, unknown_elements=args.unknown_elements or "error",
                          screen=ScreenSettings(**values))

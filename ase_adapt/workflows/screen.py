@@ -226,7 +226,8 @@ def run_screen(model: Any, settings: ScreenSettings, out: str | Path = "screen-o
     """Screen ``settings``' compositions with ``model`` (a checkpoint path, built-in name or MLFF).
 
     ``starts``: screen these 3D-periodic structures (grouped by reduced formula) instead of
-    random crystals; ``settings.compositions``, ``elements`` and ``structures`` are then unused.
+    random crystals; ``settings.compositions`` and ``elements`` must then be empty (refused otherwise:
+    they used to be dropped without a word) and ``structures`` is unused.
 
     ``calculator``, instead of a model: a picklable zero-argument factory of any ASE calculator
     (e.g. ``ase.calculators.emt.EMT``), called once per structure. ``scheduler``: None (serial),
@@ -236,6 +237,9 @@ def run_screen(model: Any, settings: ScreenSettings, out: str | Path = "screen-o
     from .screen_report import write_report
 
     s = settings
+    if starts is not None and (s.compositions or s.elements):
+        raise ValueError("starts screens the structures given; compositions and elements make random crystals "
+                         "instead: give one or the other")
     jobs = _jobs(s, starts)
     comps = list(dict.fromkeys(c for c, _, _ in jobs))
     # a task's result depends on its composition and index, not on how many others there are: a screen
