@@ -173,3 +173,19 @@ def test_screen_refuses_compositions_beside_its_own_structures(tmp_path, capsys)
     assert main(["screen", "--compositions", "KBr", "--structures", str(cells), "--out", str(tmp_path / "o")]) == 2
     assert "give one or the other" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cuda_device_without_cuda_fails_before_any_work(tmp_path, capsys):
+    """prepare --device cuda labelled everything first, then died with an AssertionError traceback."""
+    import torch
+
+    from ase_adapt.cli.main import main
+    from ase_adapt.train import OptimSettings
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        OptimSettings(device="cuda")
+    assert main(["prepare", "sevennet:7net-0", str(tmp_path / "x.xyz"), "--prior", "emt", "--out",
+                 str(tmp_path / "m.pt"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

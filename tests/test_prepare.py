@@ -230,3 +230,17 @@ def test_prepare_refuses_a_prior_that_gives_zero_forces_everywhere(tmp_path):
     with pytest.raises(DataError, match="zero forces on every structure"):
         prepare_model("sevennet:7net-0", far, [make_prior("lj")], _settings(1), out=tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_failing_prior_says_what_was_kept(tmp_path):
+    """The advice named a .partial file in a deleted temporary folder, and on_error='skip', which
+    prepare does not take."""
+    from ase_adapt.errors import DataError
+
+    cells = _cells(3) + [bulk("Si", "diamond", a=5.43)]  # EMT has no Si
+    with pytest.raises(DataError, match="frame 3.*nothing was kept; with --labels DIR") as err:
+        prepare_model("sevennet:7net-0", cells, [make_prior("emt")], _settings(1))
+    assert "partial" not in str(err.value) and "on_error" not in str(err.value)
+    with pytest.raises(DataError, match="kept in .*labels, and rerunning the same command resumes"):
+        prepare_model("sevennet:7net-0", cells, [make_prior("emt")], _settings(1), labels_dir=tmp_path / "labels")
+    assert any((tmp_path / "labels").iterdir())

@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .._dtypes import as_device
 from .._settings import check_types
 from ..losses import LossKind, LossWeights
 
@@ -71,6 +72,7 @@ class OptimSettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
+        as_device(self.device)  # a CUDA device on a machine without one fails now, not after labelling
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.energy_weight, self.forces_weight, self.stress_weight, self.loss, self.huber_delta)

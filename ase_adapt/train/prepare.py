@@ -139,7 +139,14 @@ def _labelled(frames: list[Atoms], prior, labels_dir: Path | None, progress: boo
             cached = read_frames(path)
             if data_fingerprint(cached) == data_fingerprint(frames) and _has_labels(cached, keys):
                 return cached
-        label_frames(frames, prior, path, prefix=prefix, stress=False, progress=progress)
+        try:
+            label_frames(frames, prior, path, prefix=prefix, stress=False, progress=progress)
+        except DataError as exc:  # label_frames' advice names its .partial file: true only with labels_dir
+            reason = str(exc).split("; finished frames are kept")[0]
+            keep = (f"the frames labelled so far are kept in {labels_dir}, and rerunning the same command resumes "
+                    "after them" if labels_dir is not None else
+                    "nothing was kept; with --labels DIR (labels_dir=) a rerun resumes after the frames already labelled")
+            raise DataError(f"{reason}. Remove or fix that structure; {keep}") from exc.__cause__
         return read_frames(path)
 
 
