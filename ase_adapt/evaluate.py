@@ -33,7 +33,7 @@ class EvaluateSettings:
     ttt: bool = False
     rr: bool = False
     sgdml_prior_frames: int | None = None
-    unknown_elements: str = "nearest"   # evaluate must not crash on unseen elements
+    unknown_elements: str = "error"     # as every command; "nearest" maps them (and the results say so)
     head: str = K.MAIN_HEAD
     prior_head: str | None = None       # default prior:<kind>
     ttt_settings: TTTSettings = field(default_factory=TTTSettings)

@@ -53,7 +53,7 @@ def evaluate_configs(model, frames: list, quick: bool, temperature: float) -> di
     ttt = ttt_settings(quick, temperature)
     test = frames[n_sg:]
     configs = {
-        "base": (test, EvaluateSettings()),
+        "base": (test, EvaluateSettings(unknown_elements="nearest")),
         "rr": (test, EvaluateSettings(rr=True)),
         "ttt_gfn-ff": (test, EvaluateSettings(prior="gfn-ff", ttt=True, ttt_settings=ttt)),
         "rr_ttt_gfn-ff": (test, EvaluateSettings(prior="gfn-ff", ttt=True, rr=True, ttt_settings=ttt)),

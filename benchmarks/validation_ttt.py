@@ -59,16 +59,16 @@ def run_task(task: dict) -> dict:
     prior = task["prior"]
     t0 = time.perf_counter()
     if prior is None:
-        r = evaluate_frames(model, test, EvaluateSettings())
+        r = evaluate_frames(model, test, EvaluateSettings(unknown_elements="nearest"))
     else:
         head = "prior:sgdml" if prior == "sgdml" else f"prior:{prior}"
         if head not in model.heads:
             return {**task, "skipped": f"the model has no head {head!r}"}
         kw = dict(ttt=True, ttt_settings=_ttt_settings(args), ttt_on_frames=args.ttt_on_frames)
         if prior == "sgdml":
-            r = evaluate_frames(model, frames[:SGDML_FRAMES] + test, EvaluateSettings(sgdml_prior_frames=SGDML_FRAMES, **kw))
+            r = evaluate_frames(model, frames[:SGDML_FRAMES] + test, EvaluateSettings(sgdml_prior_frames=SGDML_FRAMES, unknown_elements="nearest", **kw))
         else:
-            r = evaluate_frames(model, test, EvaluateSettings(prior=prior, **kw))
+            r = evaluate_frames(model, test, EvaluateSettings(prior=prior, unknown_elements="nearest", **kw))
     r["seconds"] = time.perf_counter() - t0
     return {**task, "result": r}
 

@@ -76,13 +76,14 @@ def test_sgdml_prior_is_fitted_on_the_first_frames_only(files):
     assert r["prior_kind"] == "sgdml" and r["prior_force_mae_mev_per_A"] > 0
 
 
-def test_unseen_elements_are_mapped_not_fatal(files, capsys):
-    r = _evaluate(files, "--data", str(files / "methylamine.xyz"))
+def test_unseen_elements_are_refused_by_default_and_mapped_on_request(files, capsys):
+    """One default in every command that predicts: refuse (evaluate alone used to map)."""
+    code = main(["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data",
+                 str(files / "methylamine.xyz")])
+    assert code == 2 and "not in the model's training elements" in capsys.readouterr().err
+    r = _evaluate(files, "--data", str(files / "methylamine.xyz"), "--unknown-elements", "nearest")
     assert r["unknown_elements"] == {"policy": "nearest", "mapped": {"N": "C"}}
     assert r["shift"]["detectors"]["elements"]["shifted"] and np.isfinite(r["force_mae_mev_per_A"])
-    code = main(["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data",
-                 str(files / "methylamine.xyz"), "--unknown-elements", "error"])
-    assert code == 2 and "not in the model's training elements" in capsys.readouterr().err
 
 
 def test_bad_requests_fail_clearly(files, tmp_path, capsys):
@@ -105,7 +106,7 @@ def test_bad_requests_fail_clearly(files, tmp_path, capsys):
 
 def test_many_files_are_tasks_that_a_rerun_skips(files, tmp_path, capsys):
     args = ["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data", str(files / "ethanol.xyz"),
-            str(files / "methylamine.xyz"), "--out", str(tmp_path / "batch"), "--quiet"]
+            str(files / "methylamine.xyz"), "--unknown-elements", "nearest", "--out", str(tmp_path / "batch"), "--quiet"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "batch" / "evaluate.json").read_text())
     assert summary["computed"] == 2 and set(summary["molecules"]) == {"ethanol", "methylamine"}
@@ -119,7 +120,8 @@ def test_many_files_are_tasks_that_a_rerun_skips(files, tmp_path, capsys):
 
 def test_many_files_on_dask_match_the_serial_run(files, tmp_path):
     base = ["evaluate", "--model", str(files / "run" / "best.safetensors"), "--data", str(files / "ethanol.xyz"),
-            str(files / "methylamine.xyz"), "--prior", "lj", "--ttt", "--ttt-steps", "3", "--quiet"]
+            str(files / "methylamine.xyz"), "--unknown-elements", "nearest", "--prior", "lj", "--ttt", "--ttt-steps", "3",
+            "--quiet"]
     assert main([*base, "--out", str(tmp_path / "serial")]) == 0
     assert main([*base, "--out", str(tmp_path / "dask"), "--dask", "local", "--workers", "2"]) == 0
     serial, dask = (json.loads((tmp_path / d / "evaluate.json").read_text()) for d in ("serial", "dask"))

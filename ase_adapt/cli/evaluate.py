@@ -55,7 +55,7 @@ class EvaluateCommand:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="force/energy errors on one molecule, with or without adaptation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint path or built-in model name")
+    p.add_argument("--model", default="default", help="checkpoint path or built-in model name (default: default)")
     p.add_argument("--data", required=True, nargs="+", metavar="FILE",
                    help="frames of one molecule with reference energy and forces (several files: one task each)")
     p.add_argument("--prior", metavar="SPEC", help=PRIOR_HELP)
@@ -67,8 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sgdml-prior-frames", type=int, metavar="N",
                    help="fit an sGDML prior on the first N frames and evaluate the rest")
     p.add_argument("--prior-head", help="model head of the prior (default prior:<kind>)")
-    p.add_argument("--unknown-elements", choices=["nearest", "error"], default="nearest",
-                   help="unseen elements: map to the nearest known one (default) or refuse")
+    p.add_argument("--unknown-elements", choices=["error", "nearest"], default="error",
+                   help="elements the model never saw: refuse (default, as in every command) or map to the nearest "
+                        "known one (reported in the results)")
     p.add_argument("--ttt-steps", type=int, help=f"maximum TTT steps (default {TTTSettings.max_steps})")
     p.add_argument("--ttt-lr", type=float, help=f"TTT learning rate (default {TTTSettings.lr:g})")
     p.add_argument("--ttt-blocks", type=int, metavar="K",
