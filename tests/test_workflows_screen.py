@@ -161,3 +161,16 @@ def test_a_grown_screen_reuses_the_structures_it_has(tmp_path):
     with pytest.raises(ValueError, match="other settings"):  # a setting that changes a task's result
         run_screen(None, ScreenSettings(compositions=("CuAu",), structures=2, cycles=0, steps=20, max_atoms=8,
                                         fmax=0.01, progress=False), tmp_path, calculator=EMT)
+
+
+def test_a_structure_without_close_pairs_gets_its_true_ratio(tmp_path):
+    """A cell whose atoms are all farther than 1.5 covalent sums apart got a blank min_distance_ratio."""
+    from ase import Atoms
+    from ase.data import covalent_radii
+
+    from ase_adapt.workflows.screen import _closest_ratio
+
+    sparse = Atoms("Cu2", positions=[[0, 0, 0], [4.0, 4.0, 4.0]], cell=[8.0, 8.0, 8.0], pbc=True)
+    ratio = _closest_ratio(sparse)
+    expected = np.sqrt(3 * 4.0 ** 2) / (2 * covalent_radii[29])
+    assert ratio == pytest.approx(expected, rel=1e-6) and ratio > 1.5

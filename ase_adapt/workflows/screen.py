@@ -200,7 +200,7 @@ def screen_task(payload: dict[str, Any]) -> dict[str, Any]:
         "composition": composition, "index": index, "space_group": group, "n_atoms": n_atoms,
         "energy_per_atom": energy / n_atoms if energy is not None and math.isfinite(energy) else None,
         "volume_per_atom": float(atoms.get_volume() / n_atoms) if finite else None,
-        "min_distance_ratio": min_distance_ratio(atoms) if finite else None,
+        "min_distance_ratio": _closest_ratio(atoms) if finite else None,
         "converged": converged, "steps": steps, "error": error, "seconds": time.perf_counter() - t0,
         "events": [f"{e.get('kind')}: {e.get('action')}" for e in getattr(atoms.calc, "events", None) or []],
         "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
@@ -218,6 +218,16 @@ def _calculator(payload: dict[str, Any]):
     if payload.get("prior"):
         return AdaptiveCalculator(model, payload["prior"], unknown_elements=payload["unknown_elements"])
     return MLFFCalculator(model, unknown_elements=payload["unknown_elements"])
+
+
+def _closest_ratio(atoms: Atoms) -> float | None:
+    """The closest pair's distance over its covalent sum, searched in widening shells: a structure
+    whose atoms (and images) are all far apart gets its true ratio, not a blank."""
+    for up_to in (1.5, 4.0, 12.0):
+        ratio = min_distance_ratio(atoms, up_to=up_to)
+        if ratio is not None:
+            return ratio
+    return None  # nothing within 12 covalent sums: a single atom in a vast cell
 
 
 def run_screen(model: Any, settings: ScreenSettings, out: str | Path = "screen-output", *, prior: str | None = None,
