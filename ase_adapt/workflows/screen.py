@@ -223,6 +223,8 @@ def _calculator(payload: dict[str, Any]):
 def _closest_ratio(atoms: Atoms) -> float | None:
     """The closest pair's distance over its covalent sum, searched in widening shells: a structure
     whose atoms (and images) are all far apart gets its true ratio, not a blank."""
+    from ..adapt.topology import min_distance_ratio
+
     for up_to in (1.5, 4.0, 12.0):
         ratio = min_distance_ratio(atoms, up_to=up_to)
         if ratio is not None:
