@@ -18,7 +18,7 @@ from ase.build import bulk, molecule
 import ase_adapt
 from ase_adapt import testing as T
 from ase_adapt.graph import build_graph
-from ase_adapt.losses import LossWeights, head_loss, make_targets
+from ase_adapt.losses import LossWeights, head_loss
 from ase_adapt.models.base import HeadChoice
 from ase_adapt.models.fused import FusedEdgeTP, fused_enabled, reference_kernels
 

@@ -164,8 +164,6 @@ def _relax(atoms: Atoms, s: ScreenSettings) -> tuple[int, bool, str | None]:
 
 def screen_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Relax -> (rattle -> relax) x cycles for one random crystal: its record (plain data)."""
-    from ..adapt.topology import min_distance_ratio
-
     s = ScreenSettings(**payload["settings"])
     composition, index = payload["composition"], payload["index"]
     t0 = time.perf_counter()
