@@ -22,9 +22,10 @@ and NVE velocity Verlet (``nve``). Outputs in ``out``:
   temperature (flagged when it stays far above the target) and timings, adaptation included.
 
 ``minimize_fmax`` relaxes the structure with BFGS before a fresh run: a structure far from the
-model's minimum heats up as it falls into it (ethanol from ASE's geometry passed 1,500 K at a
-300 K target with the default model). The stability monitor stops a run cleanly and says why: a covalent bond of the starting molecule
-that deviates more than ``bond_deviation_limit`` (non-periodic systems), any force above
+model's minimum heats up as it falls into it (with the default model of 2026-12-04, ethanol from
+ASE's geometry passed 1,500 K at a 300 K target). The stability monitor stops a run cleanly and
+says why: a covalent bond of the starting molecule that deviates more than
+``bond_deviation_limit`` (non-periodic systems), any force above
 ``max_force``, a temperature above ``max_temperature_factor`` x the target and above 3,000 K,
 or a :class:`~ase_adapt.errors.CalculationFailed` (NaN, overlapping atoms).
 """
