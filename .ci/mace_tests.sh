@@ -34,7 +34,8 @@ print("\n".join(dict.fromkeys(p for p in sys.path if p.endswith(("site-packages"
 link_parent
 torch_version=$("$PY" -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null) || {
   echo "mace_tests.sh: $PARENT has no torch; install the test extra first (README command 2)" >&2; exit 1; }
-constraints="$VENV/constraints.txt"
+constraints=$(mktemp)  # outside the venv, which a rebuild deletes
+trap 'rm -f "$constraints"' EXIT
 echo "torch==$torch_version" > "$constraints"
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

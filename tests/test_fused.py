@@ -18,7 +18,7 @@ from ase.build import bulk, molecule
 import ase_adapt
 from ase_adapt import testing as T
 from ase_adapt.graph import build_graph
-from ase_adapt.losses import LossWeights, head_loss
+from ase_adapt.losses import LossWeights, head_loss, make_targets
 from ase_adapt.models.base import HeadChoice
 from ase_adapt.models.fused import FusedEdgeTP, fused_enabled, reference_kernels
 
@@ -195,3 +195,17 @@ def test_training_with_a_shared_prior_pass_lowers_every_heads_error(tmp_path) ->
     after = result.history[-1]
     ratios = [after[f"val_{h}_forces_rmse_mev"] / before[f"{h}_forces_rmse_mev"] for h in HEADS]
     assert max(ratios) < 0.9 and float(np.median(ratios)) < 0.5, ratios  # measured: 0.25, 0.30, 0.40, 0.77
+
+
+def test_the_shared_pass_pools_prior_heads_only():
+    """A main head with another name, or a replay head, keeps its own force pass."""
+    from ase_adapt.train.trainer import Trainer
+
+    model = _model(1)
+    graph = build_graph(_structures()[0], model.cutoff, dtype=torch.float64)
+    labelled = {h: make_targets([{"forces": np.zeros((len(a), 3))} for a in _structures()[0]],
+                                [len(a) for a in _structures()[0]], torch.float64)
+                for h in ("dft", "replay", "prior:a", "prior:b")}
+    choice = Trainer._shared_prior_pass(graph, labelled, ["dft", "replay", "prior:a", "prior:b"], None)
+    assert choice.heads == ("prior:a", "prior:b")
+    assert Trainer._shared_prior_pass(graph, labelled, ["dft", "prior:a"], None) is None

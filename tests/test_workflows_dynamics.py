@@ -186,3 +186,39 @@ def test_a_run_that_stays_hot_is_flagged_and_events_say_time_and_reason():
     line = describe_event({"kind": "prior_failed", "action": "answered unadapted", "seconds": 88.04,
                            "prior_error": "SCF did not converge"})
     assert line == "prior_failed (answered unadapted), 88.0 s; prior failed: SCF did not converge"
+    rolled = describe_event({"kind": "ttt", "action": "rolled back", "seconds": 3.0,
+                             "ttt": {"rolled_back": True, "stop_reason": "rolled back: non-finite loss after 7 steps"}})
+    assert rolled.endswith("3.0 s; rolled back: non-finite loss after 7 steps")
+
+
+def test_an_extension_killed_before_its_first_checkpoint_resumes(gentle, tmp_path, monkeypatch):
+    """Review finding: extending a completed run wrote no restart point until the next
+    checkpoint_every step, so a kill in between made the run unresumable."""
+    import ase_adapt.workflows.dynamics as dynamics
+
+    atoms = molecule("CH3OH")
+    s = MDSettings(**{**FAST, "steps": 25, "checkpoint_every": 100})
+    run_md(atoms, MLFFCalculator(gentle), s, tmp_path)
+    original = dynamics._Run.record
+
+    def killed_at_step_30(self):
+        original(self)
+        if self.step == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dynamics._Run, "record", killed_at_step_30)
+    longer = MDSettings(**{**vars(s), "steps": 40})
+    with pytest.raises(KeyboardInterrupt):
+        run_md(atoms, MLFFCalculator(gentle), longer, tmp_path, resume=True)
+    monkeypatch.setattr(dynamics._Run, "record", original)
+    summary = run_md(atoms, MLFFCalculator(gentle), longer, tmp_path, resume=True)
+    assert summary["steps_done"] == 40 and summary["resumed_from_step"] == 25
+
+
+def test_a_run_killed_before_its_summary_gets_one_from_its_restart(gentle, tmp_path, capsys):
+    s = MDSettings(**{**FAST, "steps": 20})
+    run_md(molecule("CH3OH"), MLFFCalculator(gentle), s, tmp_path)
+    (tmp_path / "summary.json").unlink()
+    summary = run_md(molecule("CH3OH"), MLFFCalculator(gentle), s, tmp_path, resume=True)
+    assert summary["completed"] and summary["steps_done"] == 20 and summary["rebuilt_from"] == "restart.json"
+    assert json.loads((tmp_path / "summary.json").read_text())["completed"]

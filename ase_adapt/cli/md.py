@@ -78,6 +78,8 @@ def resumed(settings: MDCommand) -> MDCommand:
 
     record = read_restart(settings.out)
     command = record.get("command") or {}
+    if "target_steps" not in record and "steps" not in settings.md_given:
+        raise ValueError(f"{settings.out}: an older restart file that does not record the run's length; give --steps")
     run_settings = {**record["settings"], "steps": record.get("target_steps", settings.md.steps)}
     given = {k: getattr(settings.md, k) for k in (*settings.md_given, "progress")}
     md = MDSettings(**{**run_settings, **given})

@@ -43,7 +43,8 @@ class HeadChoice:
     """Several heads in one force pass: structure ``b`` of the batch gets head ``heads[choice[b]]``.
 
     Structures of a batch do not interact, so the gradient of the summed energy gives each
-    structure exactly the forces of its own head: K heads cost one backward pass instead of K.
+    structure exactly the forces of its own head: K readout heads cost one backward pass through
+    the shared representation instead of K (a deep head's own blocks still run on every structure).
     Joint training uses it to train every prior head on a share of each batch
     (``OptimSettings.prior_pass="shared"``). The result is keyed by ``name``.
     """

@@ -37,6 +37,10 @@ from .data import DataWarning, _file_format, _labels_in_info, frames_to_extxyz, 
 
 __all__ = ["OnError", "label_frames", "partial_path"]
 
+# Labels are the calculator's raw energy gradient (no constraint projection) since 2026-12-08; a
+# partial file written before then has another fingerprint and is not resumed into.
+LABELS_VERSION = "raw-gradient"
+
 # bookkeeping keys of the sidecar frames (never in the output)
 _INDEX = "ase_adapt_label_index"
 _INPUT = "ase_adapt_label_input"
@@ -196,6 +200,7 @@ def _fingerprint(frames: list[Atoms], prefix: str, stress: bool | None, calculat
     except (TypeError, ValueError):
         params_text = ""
     h.update(f"{prefix}|{stress}|{type(calculator).__module__}.{type(calculator).__qualname__}|{params_text}".encode())
+    h.update(LABELS_VERSION.encode())  # labels made before the raw-gradient fix are not resumed into
     return f"n{len(frames)}_{h.hexdigest()[:20]}"
 
 

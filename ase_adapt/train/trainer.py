@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .. import _keys as K
 from .._io import atomic_write, bar_disabled, check_writable, write_json
 from ..checkpoint import save_model
 from ..errors import CheckpointError
+from ..labels import is_prior_head
 from ..losses import head_loss
 from .dataset import LabelledFrames
 from ..models.base import HeadChoice
@@ -153,9 +153,10 @@ class Trainer:
 
     @staticmethod
     def _shared_prior_pass(graph, targets: dict, active: list[str], gen: torch.Generator | None) -> HeadChoice | None:
-        """One force pass for the heads other than ``main``: each structure trains one of those
-        that label it, drawn uniformly (``OptimSettings.prior_pass="shared"``)."""
-        heads = tuple(h for h in active if h != K.MAIN_HEAD)
+        """One force pass for the prior heads (``prior``, ``prior:<kind>``): each structure trains one of
+        those that label it, drawn uniformly (``OptimSettings.prior_pass="shared"``). Every other head
+        (the main head, whatever its name, a replay head) keeps its own pass."""
+        heads = tuple(h for h in active if is_prior_head(h))
         if len(heads) < 2:
             return None
         labelled = torch.stack([targets[h].labelled_structures(graph.batch, graph.num_graphs) for h in heads], dim=1)

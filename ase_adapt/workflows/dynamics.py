@@ -121,7 +121,6 @@ class _Run:
     def __init__(self, atoms: Atoms, calc: Any, s: MDSettings, out: Path, command: dict | None = None) -> None:
         self.s, self.out, self.calc, self.command = s, out, calc, dict(command or {})
         self.identity = calculator_identity(calc)
-        self.temperatures: list[float] = []  # at every log line, for the equilibration check
         self.atoms = atoms.copy()
         self.atoms.calc = calc
         self.rng = np.random.default_rng(s.seed)
@@ -136,7 +135,13 @@ class _Run:
         """Continue from restart record ``r``; refuse one of other settings, calculator or structure."""
         path = self.out / RESTART
         differ = differences(r["settings"], _plain(self.s, resume_ok=True))
-        differ += differences(r.get("calculator") or {}, self.identity, "calculator.")
+        if r.get("calculator") is not None:  # restart files before 2026-12-08 did not record it
+            differ += differences(r["calculator"], self.identity, "calculator.")
+        else:
+            import warnings
+
+            warnings.warn(f"{self.out / RESTART} does not record which model and prior computed its forces (an "
+                          "older restart file): the resume cannot check that they are the same", stacklevel=3)
         if differ:
             raise ValueError(f"{path} was written by a run with other settings: " + "; ".join(differ)
                              + ". Resume with the run's own settings (options left out are taken from it), "
@@ -148,7 +153,6 @@ class _Run:
         self.atoms.cell = np.array(r["cell"])
         self.rng.bit_generator.state = r["rng"]
         self.step, self.max_dev = r["step"], r["max_bond_deviation"]
-        self.temperatures = list(r.get("temperatures", []))
         self.bonds, self.lengths = np.array(r["bonds"], dtype=int).reshape(-1, 2), np.array(r["bond_lengths"])
         for name, size in r["file_sizes"].items():
             path = self.out / name
@@ -174,7 +178,7 @@ class _Run:
             "cell": self.atoms.cell.array.tolist(), "rng": self.rng.bit_generator.state,
             "max_bond_deviation": self.max_dev, "bonds": self.bonds.tolist(),
             "bond_lengths": [] if self.lengths is None else self.lengths.tolist(), "file_sizes": sizes,
-            "temperatures": self.temperatures, "ended": ended})
+            "ended": ended})
 
     # ------------------------------------------------------------------ output and monitor
     def record(self) -> None:
@@ -186,7 +190,6 @@ class _Run:
                 write(fh, a, format="extxyz")
         if self.step % s.log_every == 0:
             epot, ekin = a.get_potential_energy(), a.get_kinetic_energy()
-            self.temperatures.append(float(a.get_temperature()))
             lines = self._new_events()
             lines.append(f"{self.step:>10d} {self.step * s.timestep_fs / 1000:>10.4f} {epot:>16.6f} {ekin:>12.6f} "
                          f"{epot + ekin:>16.6f} {a.get_temperature():>9.2f}")
@@ -226,9 +229,20 @@ def describe_event(e: dict[str, Any]) -> str:
     if e.get("prior_error"):
         text += f"; prior failed: {e['prior_error']}"
     ttt = e.get("ttt") or {}
-    if ttt.get("rolled_back") and ttt.get("rollback_reason"):
-        text += f"; rolled back: {ttt['rollback_reason']}"
+    if ttt.get("rolled_back") and ttt.get("stop_reason"):
+        reason = str(ttt["stop_reason"])
+        text += f"; {reason}" if reason.startswith("rolled back") else f"; rolled back: {reason}"
     return text
+
+
+def logged_temperatures(log: Path) -> list[float]:
+    """The T column of every step line of ``md.log`` (resumed runs included)."""
+    out = []
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if parts and not line.startswith("#") and len(parts) >= 6:
+            out.append(float(parts[5]))
+    return out
 
 
 def mean_temperature(temperatures: list[float], target: float, ensemble: "Ensemble") -> dict[str, Any]:
@@ -243,6 +257,22 @@ def mean_temperature(temperatures: list[float], target: float, ensemble: "Ensemb
                                     "(a start far from the model's minimum, or dynamics that heat up); relax first "
                                     "(--minimize), shorten the timestep or check the model on this system")
             if hot else None}
+
+
+def _summary_of_ended(record: dict[str, Any], s: MDSettings, out: Path) -> dict[str, Any]:
+    """The summary of a run that ended: ``summary.json`` as written, or, when the run was killed between
+    its final restart record and its summary, one rebuilt from the record (and written)."""
+    if (out / SUMMARY).is_file():
+        return json.loads((out / SUMMARY).read_text())
+    ended = record["ended"]
+    summary = {"settings": {**record["settings"], "steps": record.get("target_steps")},
+               "calculator": record.get("calculator"), "steps_done": record["step"],
+               "completed": bool(ended.get("completed")), "stopped_because": ended.get("stopped_because"),
+               "max_bond_deviation_A": record.get("max_bond_deviation"),
+               **mean_temperature(logged_temperatures(out / LOG), s.temperature_K, s.ensemble),
+               "rebuilt_from": RESTART, "outputs": {name: str(out / name) for name in (TRAJECTORY, LOG, RESTART)}}
+    write_json(out / SUMMARY, summary)
+    return summary
 
 
 def read_restart(out: str | Path) -> dict[str, Any]:
@@ -290,13 +320,16 @@ def run_md(atoms: Atoms, calc: Any, settings: MDSettings | None = None, out: str
     if record is not None:
         ended = record.get("ended")
         if ended is not None and not ended.get("completed", False):
+            _summary_of_ended(record, s, out)  # a run killed before its summary was written gets one
             raise ValueError(f"the run in {out} stopped at step {record['step']} ({ended.get('stopped_because')}); "
                              "its record is kept as it is. Resuming would continue past that; start a new run "
                              "in a new --out")
         run.restore(record)
         if ended is not None and s.steps <= run.step:
             print(f"nothing to do: the run in {out} completed {run.step} steps; ask for more with a larger --steps")
-            return json.loads((out / SUMMARY).read_text()) if (out / SUMMARY).is_file() else {"steps_done": run.step}
+            return _summary_of_ended(record, s, out)
+        if ended is not None:  # extending a completed run: a kill from here on returns to its end
+            run.checkpoint()
     else:
         for name in (TRAJECTORY, LOG, SUMMARY):
             (out / name).unlink(missing_ok=True)
@@ -327,8 +360,11 @@ def run_md(atoms: Atoms, calc: Any, settings: MDSettings | None = None, out: str
             if run.step % s.checkpoint_every == 0 and run.step < s.steps and run.failure is None:
                 run.checkpoint()
     seconds = time.perf_counter() - t0
-    run._new_events()  # events after the last log line count too
-    heat = mean_temperature(run.temperatures, s.temperature_K, s.ensemble)
+    late = run._new_events()  # events after the last log line: logged and counted too
+    if late:
+        with open(out / LOG, "a") as fh:
+            fh.write("\n".join(late) + "\n")
+    heat = mean_temperature(logged_temperatures(out / LOG), s.temperature_K, s.ensemble)
     if heat["too_hot"]:
         with open(out / LOG, "a") as fh:
             fh.write(f"# warning: {heat['temperature_warning']}\n")
