@@ -68,9 +68,7 @@ REFERENCE = "gfn2-xtb"
 FF, FF_PREFIX = "gfn-ff", "prior_gfn-ff"
 SGDML_PREFIX = "prior_sgdml"
 RETRY_OPTIONS = {"max_iterations": 1000}  # tblite's default is 250; a converged result is unchanged
-# Version of the labelling: "raw-gradient" since the priors stopped applying the MD frame's FixCom to
-# their forces (labels made before were FixCom-projected and are refused, not mixed).
-LABELS = "raw-gradient"
+LABELS = "raw-gradient"  # since the priors stopped FixCom-projecting forces; older data is refused
 MANIFEST = "manifest.json"
 ISOLATED_FILE = "isolated_atoms.xyz"
 

@@ -239,31 +239,8 @@ def test_md_stops_when_the_prior_breaks_the_molecule():
     assert 1 <= len(samples) < 41
 
 
-def test_a_loss_that_turns_nan_rolls_back_to_the_start(ready, system, monkeypatch):
-    """Checklist 12: TTT that produces NaN keeps nothing of the steps before it."""
-    import ase_adapt.adapt.ttt as ttt_module
-    from ase_adapt.losses import model_loss
-
-    calls = {"n": 0}
-
-    def turning_nan(*args, **kwargs):
-        out = model_loss(*args, **kwargs)
-        calls["n"] += 1
-        if kwargs.get("create_graph") and calls["n"] > 6:  # a few good steps, then NaN
-            return (out[0] * float("nan"),) + tuple(out[1:])
-        return out
-
-    model = copy.deepcopy(ready)
-    before = _clone(model.parameters())
-    monkeypatch.setattr(ttt_module, "model_loss", turning_nan)
-    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=50, eval_every=100, **NO_GUARD),
-                        head="prior")
-    assert r.steps > 0 and "non-finite" in r.stop_reason and r.rolled_back
-    assert _same(model.parameters(), before)
-
-
-def test_a_loss_that_turns_nan_after_held_out_gains_still_rolls_back(ready, system, monkeypatch):
-    """The held-out loss fell before the NaN (so there were 'best' weights): still nothing is kept."""
+def _loss_turning_nan_after(monkeypatch, steps: int) -> None:
+    """TTT's training loss becomes NaN after ``steps`` good steps (held-out losses stay finite)."""
     import ase_adapt.adapt.ttt as ttt_module
     from ase_adapt.losses import model_loss
 
@@ -273,13 +250,29 @@ def test_a_loss_that_turns_nan_after_held_out_gains_still_rolls_back(ready, syst
         out = model_loss(*args, **kwargs)
         if kwargs.get("create_graph"):
             calls["n"] += 1
-            if calls["n"] > 12:
+            if calls["n"] > steps:
                 return (out[0] * float("nan"),) + tuple(out[1:])
         return out
 
+    monkeypatch.setattr(ttt_module, "model_loss", turning_nan)
+
+
+def test_a_loss_that_turns_nan_rolls_back_to_the_start(ready, system, monkeypatch):
+    """Checklist 12: TTT that produces NaN keeps nothing of the steps before it."""
     model = copy.deepcopy(ready)
     before = _clone(model.parameters())
-    monkeypatch.setattr(ttt_module, "model_loss", turning_nan)
+    _loss_turning_nan_after(monkeypatch, 5)  # a few good steps, then NaN
+    r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=50, eval_every=100, **NO_GUARD),
+                        head="prior")
+    assert r.steps > 0 and "non-finite" in r.stop_reason and r.rolled_back
+    assert _same(model.parameters(), before)
+
+
+def test_a_loss_that_turns_nan_after_held_out_gains_still_rolls_back(ready, system, monkeypatch):
+    """The held-out loss fell before the NaN (so there were 'best' weights): still nothing is kept."""
+    model = copy.deepcopy(ready)
+    before = _clone(model.parameters())
+    _loss_turning_nan_after(monkeypatch, 12)
     r = test_time_train(model, system, toy_prior(), TTTSettings(lr=1e-2, max_steps=50, eval_every=2, **NO_GUARD),
                         head="prior")
     assert r.steps == 12 and r.rolled_back and "non-finite loss after 12 steps" in r.stop_reason
